@@ -1,0 +1,264 @@
+"""Reverse-mode autograd: the graph node, grad mode, and ``backward``.
+
+Every op that involves a tensor requiring grad attaches a ``Node`` to its output. A node
+keeps the primitive, its attributes, the values its gradient rule needs, and one *edge* per
+input: the input's own node, the input tensor itself when it is a leaf, or None when that
+input needs no gradient. Edges point to nodes rather than tensors so that an in-place op can
+give a tensor a new node without changing the graph that earlier ops recorded.
+
+``backward`` sorts the reachable nodes topologically, then runs each node's gradient rules
+once with the summed gradient of its output. The rules are ember ops: with
+``create_graph=True`` they are recorded too, which gives higher derivatives.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ..errors import GradError
+
+
+class GradMode:
+    enabled = True
+
+
+class _GradModeContext:
+    _mode = True
+
+    def __enter__(self):
+        self._prev = GradMode.enabled
+        GradMode.enabled = self._mode
+        return self
+
+    def __exit__(self, *exc):
+        GradMode.enabled = self._prev
+        return False
+
+    def __call__(self, fn):
+        mode = self._mode
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            prev = GradMode.enabled
+            GradMode.enabled = mode
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                GradMode.enabled = prev
+
+        return wrapper
+
+
+class no_grad(_GradModeContext):
+    """Context manager and decorator that disables gradient recording."""
+
+    _mode = False
+
+
+class enable_grad(_GradModeContext):
+    """Context manager and decorator that enables gradient recording."""
+
+    _mode = True
+
+
+class set_grad_enabled(_GradModeContext):
+    """``with em.set_grad_enabled(False): ...`` or ``em.set_grad_enabled(True)`` as a call."""
+
+    def __init__(self, mode: bool):
+        self._prev = GradMode.enabled
+        self._mode = bool(mode)
+        GradMode.enabled = self._mode
+
+
+def is_grad_enabled() -> bool:
+    return GradMode.enabled
+
+
+class Node:
+    """One recorded op application (PyTorch's ``grad_fn``)."""
+
+    __slots__ = ("op", "attrs", "edges", "saved", "versions", "out_data", "freed", "retained",
+                 "__weakref__")
+
+    def __init__(self, op, attrs, edges, saved, versions):
+        self.op = op
+        self.attrs = attrs
+        self.edges = edges
+        self.saved = saved
+        self.versions = versions
+        self.out_data = None
+        self.freed = False
+        self.retained = None
+
+    def name(self) -> str:
+        return "".join(p.capitalize() for p in self.op.name.split("_")) + "Backward"
+
+    def __repr__(self):
+        return f"<{self.name()}>"
+
+    @property
+    def next_functions(self):
+        return tuple(e if isinstance(e, Node) else ("AccumulateGrad", e) if e is not None else None
+                     for e in self.edges)
+
+
+def _toposort(roots):
+    """Nodes reachable from ``roots``, every node before the nodes it feeds from."""
+    order, seen = [], set()
+    stack = [(r, False) for r in roots]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.append((node, True))
+        for e in node.edges:
+            if type(e) is Node and e not in seen:
+                stack.append((e, False))
+    order.reverse()
+    return order
+
+
+def _check_saved(node):
+    if node.freed:
+        raise GradError(
+            f"{node.name()}: trying to backward through the graph a second time (its saved "
+            "values were freed after the first backward). Pass retain_graph=True to the first "
+            "backward() call if you need to backward twice.")
+    for version_box, seen in node.versions:
+        if version_box[0] != seen:
+            raise GradError(
+                f"{node.name()}: a tensor this op saved for the gradient was modified in place "
+                f"after the forward pass (version {version_box[0]}, expected {seen}). Use an "
+                "out-of-place op (x = x + y instead of x += y) or .clone() the tensor first.")
+
+
+def _node_grads(node, g, create_graph):
+    """Gradients for each input of ``node`` given its output gradient ``g``."""
+    from ..ops.registry import Meta
+    from ..tensor import Tensor
+
+    op = node.op
+    _check_saved(node)
+    out = None
+    if op.uses_out:
+        out = Tensor._make(node.out_data)
+        if create_graph:
+            out._node, out.requires_grad = node, True
+    needs = [e is not None for e in node.edges]
+    saved = node.saved
+    if op.vjp is not None:
+        grads = op.vjp(g, out, needs, *saved, **node.attrs)
+    else:
+        grads = [rule(g, out, *saved, **node.attrs) if need else None
+                 for rule, need in zip(op.grads, needs)]
+    fixed = []
+    for gi, x in zip(grads, saved):
+        if gi is None:
+            fixed.append(None)
+            continue
+        if gi.data.shape != x.shape:
+            if not op.broadcasts:
+                raise GradError(f"internal: gradient rule of {op.name} returned shape "
+                                f"{gi.data.shape} for an input of shape {x.shape}")
+            gi = gi.sum_to_shape(x.shape)
+        xdt = x.data.dtype if type(x) is not Meta else x.np_dtype
+        if gi.data.dtype != xdt and xdt.kind == "f":
+            gi = gi.astype(xdt)
+        fixed.append(gi)
+    return fixed
+
+
+def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inputs=None,
+                 accumulate=True, allow_unused=True):
+    """Propagate ``root_grads`` from ``roots`` (tensors) back through the graph.
+
+    With ``inputs`` the gradients for those tensors are returned (``em.autograd.grad``);
+    with ``accumulate`` they are also summed into leaves' ``.grad`` (``Tensor.backward``).
+    """
+    from ..ops.registry import Meta
+
+    grads: dict = {}
+    leaf_grads: dict = {}
+    root_nodes = []
+    for t, g in zip(roots, root_grads):
+        if t._node is None:  # backward() directly on a leaf
+            leaf_grads[t] = _add(leaf_grads.get(t), g)
+            continue
+        grads[t._node] = _add(grads.get(t._node), g)
+        root_nodes.append(t._node)
+
+    wanted_nodes = {}
+    if inputs is not None:
+        for t in inputs:
+            if t._node is not None:
+                wanted_nodes[t._node] = t
+    captured: dict = {}
+
+    prev = GradMode.enabled
+    GradMode.enabled = bool(create_graph)
+    try:
+        for node in _toposort(root_nodes):
+            g = grads.pop(node, None)
+            if g is None:
+                continue
+            if node in wanted_nodes:
+                captured[wanted_nodes[node]] = g
+            if node.retained is not None:
+                held = node.retained()
+                if held is not None:
+                    held.grad = g if create_graph else _detached(g, held.grad)
+            for edge, gi in zip(node.edges, _node_grads(node, g, create_graph)):
+                if gi is None:
+                    continue
+                if type(edge) is Node:
+                    grads[edge] = _add(grads.get(edge), gi)
+                else:
+                    leaf_grads[edge] = _add(leaf_grads.get(edge), gi)
+            if not retain_graph and node.versions:  # it held values: free them
+                node.freed = True
+                node.saved = tuple(s if type(s) is Meta else None for s in node.saved)
+                node.out_data = None
+    finally:
+        GradMode.enabled = prev
+
+    if inputs is not None:
+        result = []
+        for t in inputs:
+            g = captured.get(t) if t._node is not None else leaf_grads.get(t)
+            if g is None and not allow_unused:
+                raise GradError("one of the differentiated tensors was not used to compute the "
+                                "output; pass allow_unused=True to get None for it")
+            result.append(g)
+        return result
+    if accumulate:
+        given = {id(g.data) for g in root_grads}
+        for leaf, g in leaf_grads.items():
+            if create_graph:
+                leaf.grad = g if leaf.grad is None else leaf.grad + g
+            else:
+                leaf.grad = _detached(g, leaf.grad, given)
+    return None
+
+
+def _add(acc, g):
+    return g if acc is None else acc + g
+
+
+def _detached(g, existing, given=None):
+    """g (plus an existing .grad) as a fresh, graph-free tensor that owns its memory, so that
+    no two leaves share a gradient buffer and none shares the caller's gradient."""
+    from ..tensor import Tensor
+
+    data = g.data
+    if existing is not None:
+        return Tensor._make(existing.data + data)
+    if given is None:
+        given = set()
+    if data.base is not None or not data.flags.writeable or id(data) in given:
+        data = data.copy()
+    given.add(id(data))
+    return Tensor._make(data)

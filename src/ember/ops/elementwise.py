@@ -1,0 +1,482 @@
+"""Elementwise primitives: arithmetic, math functions, activations, comparisons.
+
+Activations with a cheap closed-form derivative (sigmoid, gelu, silu, softplus, elu...) are
+primitives with their own fused NumPy forward rather than chains of smaller ops: in eager
+mode each op costs a pass over memory and a graph node, and these run on every activation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import OpError
+from ..tensor import Tensor
+from .helpers import NO_ATTRS, as_tensor, broadcast_shapes, cast, const, floating, pair
+from .registry import apply, primitive
+
+# ---- shape/dtype rules ----------------------------------------------------------------
+
+
+def same_infer(x, **_):
+    return x.shape, x.np_dtype
+
+
+def broadcast_infer(*xs, name="elementwise"):
+    return broadcast_shapes(*[x.shape for x in xs], op=name), xs[0].np_dtype
+
+
+def _binary_infer(name):
+    return lambda a, b: broadcast_infer(a, b, name=name)
+
+
+def _compare_infer(name):
+    return lambda a, b: (broadcast_shapes(a.shape, b.shape, op=name), np.dtype(np.bool_))
+
+
+# ---- primitives -----------------------------------------------------------------------
+
+CAST = primitive(
+    "cast", lambda x, dtype: x.astype(dtype),
+    (lambda g, out, x, dtype: cast(g, x.np_dtype),),
+    infer=lambda x, dtype: (x.shape, dtype), saves=())
+
+ADD = primitive("add", np.add, (lambda g, out, a, b: g, lambda g, out, a, b: g),
+                infer=_binary_infer("add"), saves=(), broadcasts=True)
+SUB = primitive("sub", np.subtract, (lambda g, out, a, b: g, lambda g, out, a, b: -g),
+                infer=_binary_infer("sub"), saves=(), broadcasts=True)
+MUL = primitive("mul", np.multiply, (lambda g, out, a, b: g * b, lambda g, out, a, b: g * a),
+                infer=_binary_infer("mul"), saves={0: (1,), 1: (0,)}, broadcasts=True)
+DIV = primitive("div", np.true_divide,
+                (lambda g, out, a, b: g / b, lambda g, out, a, b: -g * a / (b * b)),
+                infer=_binary_infer("div"), saves={0: (1,), 1: (0, 1)}, broadcasts=True)
+POW = primitive("pow", np.power,
+                (lambda g, out, a, b: g * b * a ** (b - 1),
+                 lambda g, out, a, b: g * out * log(where(a > 0, a, const(1, a.data.dtype)))),
+                infer=_binary_infer("pow"), uses_out=True, broadcasts=True)
+MAXIMUM = primitive("maximum", np.maximum,
+                    (lambda g, out, a, b: g * _tie_mask(a, b), lambda g, out, a, b: g * _tie_mask(b, a)),
+                    infer=_binary_infer("maximum"), broadcasts=True)
+MINIMUM = primitive("minimum", np.minimum,
+                    (lambda g, out, a, b: g * _tie_mask(b, a), lambda g, out, a, b: g * _tie_mask(a, b)),
+                    infer=_binary_infer("minimum"), broadcasts=True)
+FLOOR_DIVIDE = primitive("floor_divide", np.floor_divide, infer=_binary_infer("floor_divide"))
+REMAINDER = primitive("remainder", np.remainder,
+                      (lambda g, out, a, b: g,
+                       lambda g, out, a, b: -g * floor_divide(a, b).detach()),
+                      infer=_binary_infer("remainder"), saves={1: (0, 1)}, broadcasts=True)
+
+
+def _tie_mask(a, b):
+    """1 where a wins, 0.5 on ties (PyTorch splits the gradient), 0 where b wins."""
+    return where(a > b, 1.0, where(a == b, 0.5, 0.0))
+
+
+WHERE = primitive(
+    "where", np.where,
+    (None,
+     lambda g, out, c, a, b: where(c, g, const(0, g.data.dtype)),
+     lambda g, out, c, a, b: where(c, const(0, g.data.dtype), g)),
+    infer=lambda c, a, b: (broadcast_shapes(c.shape, a.shape, b.shape, op="where"), a.np_dtype),
+    saves=(0,), broadcasts=True)
+
+NEG = primitive("neg", np.negative, (lambda g, out, x: -g,), infer=same_infer, saves=())
+EXP = primitive("exp", np.exp, (lambda g, out, x: g * out,), infer=same_infer, saves=(), uses_out=True)
+LOG = primitive("log", np.log, (lambda g, out, x: g / x,), infer=same_infer)
+LOG1P = primitive("log1p", np.log1p, (lambda g, out, x: g / (x + 1),), infer=same_infer)
+EXPM1 = primitive("expm1", np.expm1, (lambda g, out, x: g * (out + 1),), infer=same_infer,
+                  saves=(), uses_out=True)
+SQRT = primitive("sqrt", np.sqrt, (lambda g, out, x: g * 0.5 / out,), infer=same_infer,
+                 saves=(), uses_out=True)
+RSQRT = primitive("rsqrt", lambda x: 1 / np.sqrt(x),
+                  (lambda g, out, x: g * -0.5 * out * out * out,), infer=same_infer, saves=(),
+                  uses_out=True)
+ABS = primitive("abs", np.abs, (lambda g, out, x: g * sign(x),), infer=same_infer)
+SIGN = primitive("sign", np.sign, (lambda g, out, x: g * 0,), infer=same_infer, saves=())
+SIN = primitive("sin", np.sin, (lambda g, out, x: g * cos(x),), infer=same_infer)
+COS = primitive("cos", np.cos, (lambda g, out, x: -g * sin(x),), infer=same_infer)
+TANH = primitive("tanh", np.tanh, (lambda g, out, x: g * (1 - out * out),), infer=same_infer,
+                 saves=(), uses_out=True)
+
+
+def _sigmoid_np(x):
+    # exp of a non-positive number never overflows, for either sign of x
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+SIGMOID = primitive("sigmoid", _sigmoid_np, (lambda g, out, x: g * out * (1 - out),),
+                    infer=same_infer, saves=(), uses_out=True)
+RELU = primitive("relu", lambda x: np.maximum(x, 0),
+                 (lambda g, out, x: where(out > 0, g, 0),), infer=same_infer, saves=(),
+                 uses_out=True)
+LEAKY_RELU = primitive(
+    "leaky_relu", lambda x, slope: np.where(x > 0, x, x * np.asarray(slope, x.dtype)),
+    (lambda g, out, x, slope: where(x > 0, g, g * slope),), infer=same_infer)
+ELU = primitive(
+    "elu", lambda x, alpha: np.where(x > 0, x, np.asarray(alpha, x.dtype) * np.expm1(np.minimum(x, 0))),
+    (lambda g, out, x, alpha: where(x > 0, g, g * (out + alpha)),), infer=same_infer, uses_out=True)
+SOFTPLUS = primitive(
+    "softplus",
+    lambda x, beta, threshold: np.where(
+        x * beta > threshold, x,
+        (np.logaddexp(0, x * np.asarray(beta, x.dtype)) / np.asarray(beta, x.dtype))).astype(x.dtype),
+    (lambda g, out, x, beta, threshold: where(x * beta > threshold, g, g * sigmoid(x * beta)),),
+    infer=same_infer)
+SILU = primitive(
+    "silu", lambda x: x * _sigmoid_np(x),
+    (lambda g, out, x: _silu_grad(g, x),), infer=same_infer)
+
+
+def _silu_grad(g, x):
+    s = sigmoid(x)
+    return g * (s * (1 + x * (1 - s)))
+
+
+_ERF = None
+
+
+def _erf_np(x):
+    """erf elementwise. SciPy's when installed; else math.erf, exact but slower."""
+    global _ERF
+    if _ERF is None:
+        try:
+            from scipy.special import erf as scipy_erf
+
+            _ERF = scipy_erf
+        except ImportError:
+            _vec = np.frompyfunc(math.erf, 1, 1)
+            _ERF = lambda a: _vec(a).astype(a.dtype)  # noqa: E731
+    return _ERF(x).astype(x.dtype, copy=False)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_INV_SQRT2 = 1 / math.sqrt(2)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+ERF = primitive("erf", _erf_np,
+                (lambda g, out, x: g * (2 / math.sqrt(math.pi)) * exp(-(x * x)),), infer=same_infer)
+
+
+def _gelu_np(x, approximate):
+    dt = x.dtype
+    if approximate == "tanh":
+        inner = np.asarray(_SQRT_2_OVER_PI, dt) * (x + np.asarray(0.044715, dt) * x * x * x)
+        return np.asarray(0.5, dt) * x * (1 + np.tanh(inner))
+    return np.asarray(0.5, dt) * x * (1 + _erf_np(x * np.asarray(_INV_SQRT2, dt)))
+
+
+def _gelu_grad(g, out, x, approximate):
+    if approximate == "tanh":
+        inner = _SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)
+        t = tanh(inner)
+        dinner = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+        return g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * dinner)
+    cdf = 0.5 * (1 + erf(x * _INV_SQRT2))
+    pdf = exp(-0.5 * x * x) * _INV_SQRT_2PI
+    return g * (cdf + x * pdf)
+
+
+GELU = primitive("gelu", _gelu_np, (_gelu_grad,), infer=same_infer)
+CLAMP = primitive(
+    "clamp", lambda x, lo, hi: np.clip(x, lo, hi),
+    (lambda g, out, x, lo, hi: where(_in_range(x, lo, hi), g, 0),), infer=same_infer)
+
+
+def _in_range(x, lo, hi):
+    if lo is None:
+        return x <= hi
+    if hi is None:
+        return x >= lo
+    return logical_and(x >= lo, x <= hi)
+
+
+def _nograd(name, fn, infer):
+    return primitive(name, fn, infer=infer)
+
+
+EQ = _nograd("eq", np.equal, _compare_infer("eq"))
+NE = _nograd("ne", np.not_equal, _compare_infer("ne"))
+LT = _nograd("lt", np.less, _compare_infer("lt"))
+LE = _nograd("le", np.less_equal, _compare_infer("le"))
+GT = _nograd("gt", np.greater, _compare_infer("gt"))
+GE = _nograd("ge", np.greater_equal, _compare_infer("ge"))
+LOGICAL_AND = _nograd("logical_and", np.logical_and, _compare_infer("logical_and"))
+LOGICAL_OR = _nograd("logical_or", np.logical_or, _compare_infer("logical_or"))
+LOGICAL_XOR = _nograd("logical_xor", np.logical_xor, _compare_infer("logical_xor"))
+LOGICAL_NOT = _nograd("logical_not", np.logical_not, lambda x: (x.shape, np.dtype(np.bool_)))
+ISNAN = _nograd("isnan", np.isnan, lambda x: (x.shape, np.dtype(np.bool_)))
+ISINF = _nograd("isinf", np.isinf, lambda x: (x.shape, np.dtype(np.bool_)))
+ISFINITE = _nograd("isfinite", np.isfinite, lambda x: (x.shape, np.dtype(np.bool_)))
+FLOOR = primitive("floor", np.floor, (lambda g, out, x: g * 0,), infer=same_infer, saves=())
+CEIL = primitive("ceil", np.ceil, (lambda g, out, x: g * 0,), infer=same_infer, saves=())
+ROUND = primitive("round", np.round, (lambda g, out, x: g * 0,), infer=same_infer, saves=())
+BITWISE_NOT = _nograd("bitwise_not", np.invert, same_infer)
+
+
+# ---- public functions -----------------------------------------------------------------
+
+def add(a, b, alpha=None):
+    """a + alpha * b, broadcasting."""
+    if alpha is not None and alpha != 1:
+        b = mul(b, alpha)
+    return apply(ADD, pair(a, b), NO_ATTRS)
+
+
+def sub(a, b, alpha=None):
+    if alpha is not None and alpha != 1:
+        b = mul(b, alpha)
+    a, b = pair(a, b)
+    if a.data.dtype == np.bool_:
+        raise OpError("sub: subtraction of bool tensors is not supported; use logical_xor()")
+    return apply(SUB, (a, b), NO_ATTRS)
+
+
+def mul(a, b):
+    return apply(MUL, pair(a, b), NO_ATTRS)
+
+
+def div(a, b, rounding_mode=None):
+    """True division; integer inputs give float32 (as PyTorch). rounding_mode='floor'|'trunc'."""
+    a, b = pair(a, b)
+    if rounding_mode == "floor":
+        return floor_divide(a, b)
+    if rounding_mode == "trunc":
+        return cast(trunc(div(a, b)), a.data.dtype)
+    if a.data.dtype.kind != "f":
+        a, b = floating(a), floating(b)
+    return apply(DIV, (a, b), NO_ATTRS)
+
+
+def floor_divide(a, b):
+    return apply(FLOOR_DIVIDE, pair(a, b), NO_ATTRS)
+
+
+def remainder(a, b):
+    return apply(REMAINDER, pair(a, b), NO_ATTRS)
+
+
+def pow(a, b):  # noqa: A001  (PyTorch's name)
+    a, b = pair(a, b)
+    if a.data.dtype.kind in "iu" and (b.data < 0).any():
+        raise OpError("pow: integers to negative integer powers are not allowed; "
+                      "convert the base to float first")
+    return apply(POW, (a, b), NO_ATTRS)
+
+
+def maximum(a, b):
+    return apply(MAXIMUM, pair(a, b), NO_ATTRS)
+
+
+def minimum(a, b):
+    return apply(MINIMUM, pair(a, b), NO_ATTRS)
+
+
+def where(condition, a, b):
+    """Elementwise ``a`` where ``condition`` else ``b`` (broadcasting all three)."""
+    c = as_tensor(condition)
+    if c.data.dtype != np.bool_:
+        c = cast(c, np.bool_)
+    a, b = pair(a, b)
+    return apply(WHERE, (c, a, b), NO_ATTRS)
+
+
+def neg(x):
+    x = as_tensor(x)
+    if x.data.dtype == np.bool_:
+        raise OpError("neg: negation of a bool tensor is not supported; use logical_not()")
+    return apply(NEG, (x,), NO_ATTRS)
+
+
+def _unary_float(op):
+    def fn(x):
+        return apply(op, (floating(as_tensor(x)),), NO_ATTRS)
+
+    fn.__name__ = op.name
+    fn.__doc__ = f"Elementwise {op.name}; integer inputs are computed in float32."
+    return fn
+
+
+exp = _unary_float(EXP)
+log = _unary_float(LOG)
+log1p = _unary_float(LOG1P)
+expm1 = _unary_float(EXPM1)
+sqrt = _unary_float(SQRT)
+rsqrt = _unary_float(RSQRT)
+sin = _unary_float(SIN)
+cos = _unary_float(COS)
+tanh = _unary_float(TANH)
+sigmoid = _unary_float(SIGMOID)
+silu = _unary_float(SILU)
+erf = _unary_float(ERF)
+
+
+def abs(x):  # noqa: A001
+    return apply(ABS, (as_tensor(x),), NO_ATTRS)
+
+
+def sign(x):
+    return apply(SIGN, (as_tensor(x),), NO_ATTRS)
+
+
+def floor(x):
+    x = as_tensor(x)
+    return x if x.data.dtype.kind in "iub" else apply(FLOOR, (x,), NO_ATTRS)
+
+
+def ceil(x):
+    x = as_tensor(x)
+    return x if x.data.dtype.kind in "iub" else apply(CEIL, (x,), NO_ATTRS)
+
+
+def round(x):  # noqa: A001
+    x = as_tensor(x)
+    return x if x.data.dtype.kind in "iub" else apply(ROUND, (x,), NO_ATTRS)
+
+
+def trunc(x):
+    x = as_tensor(x)
+    if x.data.dtype.kind in "iub":
+        return x
+    return where(x >= 0, floor(x), ceil(x))
+
+
+def relu(x):
+    return apply(RELU, (as_tensor(x),), NO_ATTRS)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    return apply(LEAKY_RELU, (floating(as_tensor(x)),), {"slope": float(negative_slope)})
+
+
+def elu(x, alpha=1.0):
+    return apply(ELU, (floating(as_tensor(x)),), {"alpha": float(alpha)})
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    return apply(SOFTPLUS, (floating(as_tensor(x)),), {"beta": float(beta), "threshold": float(threshold)})
+
+
+def gelu(x, approximate="none"):
+    """GELU: x * Phi(x) exactly (erf), or with ``approximate='tanh'`` the tanh formula."""
+    if approximate not in ("none", "tanh"):
+        raise OpError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return apply(GELU, (floating(as_tensor(x)),), {"approximate": approximate})
+
+
+def clamp(x, min=None, max=None):  # noqa: A002
+    """Clip to [min, max] (either may be None). Tensor bounds broadcast."""
+    x = as_tensor(x)
+    if isinstance(min, Tensor) or isinstance(max, Tensor):
+        if min is not None:
+            x = maximum(x, min)
+        if max is not None:
+            x = minimum(x, max)
+        return x
+    if min is None and max is None:
+        raise OpError("clamp: at least one of min and max must be given")
+    if x.data.dtype.kind in "iu" and any(isinstance(v, float) for v in (min, max)):
+        x = floating(x)
+    return apply(CLAMP, (x,), {"lo": min, "hi": max})
+
+
+clip = clamp
+
+
+def _compare(op):
+    def fn(a, b):
+        return apply(op, pair(a, b), NO_ATTRS)
+
+    fn.__name__ = op.name
+    return fn
+
+
+eq = _compare(EQ)
+ne = _compare(NE)
+lt = _compare(LT)
+le = _compare(LE)
+gt = _compare(GT)
+ge = _compare(GE)
+logical_and = _compare(LOGICAL_AND)
+logical_or = _compare(LOGICAL_OR)
+logical_xor = _compare(LOGICAL_XOR)
+
+
+def logical_not(x):
+    return apply(LOGICAL_NOT, (as_tensor(x),), NO_ATTRS)
+
+
+def isnan(x):
+    return apply(ISNAN, (as_tensor(x),), NO_ATTRS)
+
+
+def isinf(x):
+    return apply(ISINF, (as_tensor(x),), NO_ATTRS)
+
+
+def isfinite(x):
+    return apply(ISFINITE, (as_tensor(x),), NO_ATTRS)
+
+
+def bitwise_not(x):
+    x = as_tensor(x)
+    if x.data.dtype == np.bool_:
+        return logical_not(x)
+    return apply(BITWISE_NOT, (x,), NO_ATTRS)
+
+
+def astype(x, dtype):
+    """A copy of ``x`` converted to ``dtype`` (differentiable between float dtypes)."""
+    from ..dtypes import get_dtype
+
+    return cast(as_tensor(x), get_dtype(dtype).np)
+
+
+def square(x):
+    return mul(x, x)
+
+
+def reciprocal(x):
+    return div(1.0, x)
+
+
+def lerp(a, b, weight):
+    return add(a, mul(weight, sub(b, a)))
+
+
+def tril(x, diagonal=0):
+    """Lower triangle of the last two dims (the rest set to zero)."""
+    x = as_tensor(x)
+    n, m = x.shape[-2], x.shape[-1]
+    return where(np.tri(n, m, diagonal, dtype=bool), x, 0)
+
+
+def triu(x, diagonal=0):
+    """Upper triangle of the last two dims (the rest set to zero)."""
+    x = as_tensor(x)
+    n, m = x.shape[-2], x.shape[-1]
+    return where(~np.tri(n, m, diagonal - 1, dtype=bool), x, 0)
+
+
+BITWISE_AND = _nograd("bitwise_and", np.bitwise_and, _binary_infer("bitwise_and"))
+BITWISE_OR = _nograd("bitwise_or", np.bitwise_or, _binary_infer("bitwise_or"))
+BITWISE_XOR = _nograd("bitwise_xor", np.bitwise_xor, _binary_infer("bitwise_xor"))
+
+
+def _bitwise(op, logical):
+    def fn(a, b):
+        a, b = pair(a, b)
+        if a.data.dtype == np.bool_:
+            return logical(a, b)
+        if a.data.dtype.kind not in "iu":
+            raise OpError(f"{op.name}: expects integer or bool tensors, got {a.dtype}")
+        return apply(op, (a, b), NO_ATTRS)
+
+    fn.__name__ = op.name
+    return fn
+
+
+bitwise_and = _bitwise(BITWISE_AND, logical_and)
+bitwise_or = _bitwise(BITWISE_OR, logical_or)
+bitwise_xor = _bitwise(BITWISE_XOR, logical_xor)

@@ -1,0 +1,105 @@
+"""Argument handling shared by the op modules: scalars, promotion, dims, broadcasting."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import dtypes as _dt
+from ..errors import OpError, ShapeError
+from ..tensor import Tensor, tensor
+from .registry import PRIMITIVES, apply
+
+NO_ATTRS: dict = {}
+FLOAT32 = np.dtype(np.float32)
+
+
+def as_tensor(x) -> Tensor:
+    """A Tensor for ``x`` (tensors pass through; arrays, lists and scalars are wrapped)."""
+    if isinstance(x, Tensor):
+        return x
+    return tensor(x)
+
+
+def const(value, np_dtype) -> Tensor:
+    return Tensor._make(np.asarray(value, dtype=np_dtype))
+
+
+def cast(x: Tensor, np_dtype) -> Tensor:
+    if x.data.dtype == np_dtype:
+        return x
+    return apply(PRIMITIVES["cast"], (x,), {"dtype": np.dtype(np_dtype)})
+
+
+def pair(a, b):
+    """Two operands as Tensors of one dtype, using PyTorch's promotion rules."""
+    if isinstance(a, Tensor):
+        if isinstance(b, Tensor):
+            da, db = a.data.dtype, b.data.dtype
+            if da is db or da == db:
+                return a, b
+            rt = _dt.result_type((da, db), (a.data.ndim, b.data.ndim))
+            return cast(a, rt), cast(b, rt)
+        if isinstance(b, (int, float, bool, np.number, np.bool_)):
+            rt = _dt.result_type((a.data.dtype,), (a.data.ndim,), (b,))
+            return cast(a, rt), const(b, rt)
+        return pair(a, as_tensor(b))
+    if isinstance(a, (int, float, bool, np.number, np.bool_)):
+        if not isinstance(b, Tensor):
+            return pair(as_tensor(a), b)
+        b, a = pair(b, a)
+        return a, b
+    return pair(as_tensor(a), b)
+
+
+def floating(x: Tensor) -> Tensor:
+    """Integer and bool inputs of float functions are computed in the default float dtype."""
+    if x.data.dtype.kind == "f":
+        return x
+    return cast(x, _dt.default_float.np)
+
+
+def norm_dim(dim, ndim, op) -> int:
+    if not isinstance(dim, (int, np.integer)):
+        raise OpError(f"{op}: dim must be an int, got {dim!r}")
+    lo = -max(ndim, 1)
+    hi = max(ndim, 1) - 1
+    if not lo <= dim <= hi:
+        raise OpError(f"{op}: dim {dim} is out of range for a tensor with {ndim} dims "
+                      f"(expected {lo}..{hi})")
+    return int(dim) % max(ndim, 1)
+
+
+def norm_dims(dim, ndim, op) -> tuple:
+    """``dim`` (None, int, or sequence) as a sorted tuple of non-negative dims."""
+    if dim is None:
+        return tuple(range(ndim))
+    if isinstance(dim, (int, np.integer)):
+        return (norm_dim(dim, ndim, op),) if ndim else ()
+    dims = tuple(sorted(norm_dim(d, ndim, op) for d in dim)) if ndim else ()
+    if len(set(dims)) != len(dims):
+        raise OpError(f"{op}: dim {tuple(dim)} names a dimension twice")
+    return dims
+
+
+def broadcast_shapes(*shapes, op="broadcast"):
+    try:
+        return np.broadcast_shapes(*shapes)
+    except ValueError:
+        n = max(len(s) for s in shapes)
+        for k in range(1, n + 1):
+            sizes = {s[-k] for s in shapes if len(s) >= k} - {1}
+            if len(sizes) > 1:
+                raise ShapeError(
+                    f"{op}: shapes {' and '.join(str(tuple(s)) for s in shapes)} cannot be "
+                    f"broadcast: dimension -{k} has sizes {sorted(sizes)}; sizes must match or "
+                    "be 1") from None
+        raise
+
+
+def norm_shape(shape) -> tuple:
+    """Accept f(2, 3), f((2, 3)) and f([2, 3]) as PyTorch does."""
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    if len(shape) == 1 and isinstance(shape[0], Tensor):
+        shape = tuple(int(v) for v in shape[0].data.reshape(-1))
+    return tuple(int(s) for s in shape)

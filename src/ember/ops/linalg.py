@@ -1,0 +1,200 @@
+"""matmul (PyTorch semantics: 1-D, 2-D, batched with broadcasting), einsum, and friends."""
+
+from __future__ import annotations
+
+import string
+
+import numpy as np
+
+from ..errors import OpError, ShapeError
+from .helpers import NO_ATTRS, as_tensor, broadcast_shapes, pair
+from .registry import apply, primitive
+
+
+def _matmul_infer(a, b):
+    sa, sb = tuple(a.shape), tuple(b.shape)
+    if not sa or not sb:
+        raise ShapeError(f"matmul: both arguments need at least 1 dim, got shapes {sa} and {sb}")
+    ka = sa[-1]
+    kb = sb[0] if len(sb) == 1 else sb[-2]
+    if ka != kb:
+        raise ShapeError(f"matmul: shapes {sa} and {sb} cannot be multiplied: {ka} != {kb} "
+                         f"(the last dim of the first must equal the "
+                         f"{'only' if len(sb) == 1 else 'second-to-last'} dim of the second)")
+    batch = broadcast_shapes(sa[:-2], sb[:-2], op="matmul") if len(sa) > 2 or len(sb) > 2 else ()
+    out = batch + (sa[-2:-1] if len(sa) > 1 else ()) + (sb[-1:] if len(sb) > 1 else ())
+    return out, a.np_dtype
+
+
+def _grad_a(g, out, a, b):
+    if a.ndim == 1 and b.ndim == 1:
+        return g * b
+    if b.ndim == 1:  # (..., n, k) @ (k,) -> (..., n)
+        return g.unsqueeze(-1) * b
+    if a.ndim == 1:  # (k,) @ (..., k, m) -> (..., m)
+        return (b @ g.unsqueeze(-1)).squeeze(-1)
+    return g @ b.mT
+
+
+def _grad_b(g, out, a, b):
+    if a.ndim == 1 and b.ndim == 1:
+        return g * a
+    if a.ndim == 1:  # (k,) @ (..., k, m)
+        return a.unsqueeze(-1) * g.unsqueeze(-2)
+    if b.ndim == 1:  # (..., n, k) @ (k,)
+        return (a.mT @ g.unsqueeze(-1)).squeeze(-1)
+    if b.ndim == 2 and a.ndim > 2:  # weights shared across the batch (Linear on 3-D input)
+        k, m = b.shape
+        return a.reshape(-1, k).mT @ g.reshape(-1, m)
+    return a.mT @ g
+
+
+MATMUL = primitive("matmul", np.matmul, (_grad_a, _grad_b), infer=_matmul_infer,
+                   saves={0: (1,), 1: (0,)}, broadcasts=True)
+
+
+def matmul(a, b):
+    """Matrix product with PyTorch/NumPy semantics (vectors, matrices, broadcast batches)."""
+    a, b = pair(a, b)
+    if a.data.dtype == np.bool_:
+        raise OpError("matmul: bool tensors are not supported; convert with .float()")
+    return apply(MATMUL, (a, b), NO_ATTRS)
+
+
+def mm(a, b):
+    a, b = as_tensor(a), as_tensor(b)
+    if a.ndim != 2 or b.ndim != 2:
+        raise ShapeError(f"mm: expects two 2-D tensors, got shapes {a.shape} and {b.shape}")
+    return matmul(a, b)
+
+
+def bmm(a, b):
+    a, b = as_tensor(a), as_tensor(b)
+    if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0]:
+        raise ShapeError(f"bmm: expects two 3-D tensors with the same batch size, got shapes "
+                         f"{a.shape} and {b.shape}")
+    return matmul(a, b)
+
+
+def dot(a, b):
+    a, b = as_tensor(a), as_tensor(b)
+    if a.ndim != 1 or b.ndim != 1:
+        raise ShapeError(f"dot: expects two 1-D tensors, got shapes {a.shape} and {b.shape}")
+    return matmul(a, b)
+
+
+def outer(a, b):
+    a, b = as_tensor(a), as_tensor(b)
+    if a.ndim != 1 or b.ndim != 1:
+        raise ShapeError(f"outer: expects two 1-D tensors, got shapes {a.shape} and {b.shape}")
+    return a.unsqueeze(1) * b.unsqueeze(0)
+
+
+ger = outer
+
+
+# ---- einsum ---------------------------------------------------------------------------
+
+def _parse_einsum(equation, shapes):
+    """Equation with '...' spelled out as letters and an explicit output, e.g. 'bij,bjk->bik'."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    ins = lhs.split(",")
+    if len(ins) != len(shapes):
+        raise OpError(f"einsum: equation {equation!r} names {len(ins)} operands but "
+                      f"{len(shapes)} were given")
+    used = set(eq) - set(".,->")
+    spare = [c for c in string.ascii_uppercase + string.ascii_lowercase if c not in used]
+    ell_len = max((len(s) - (len(t) - 3) for t, s in zip(ins, shapes) if "..." in t), default=0)
+    ell = "".join(spare[:ell_len])
+    expanded = []
+    for term, shape in zip(ins, shapes):
+        if "..." in term:
+            n = len(shape) - (len(term) - 3)
+            term = term.replace("...", ell[ell_len - n:] if n else "")
+        if len(term) != len(shape):
+            raise ShapeError(f"einsum: operand subscripts {term!r} do not match its shape "
+                             f"{tuple(shape)}")
+        expanded.append(term)
+    if arrow:
+        out = rhs.replace("...", ell)
+    else:
+        counts = {}
+        for term in expanded:
+            for c in term:
+                counts[c] = counts.get(c, 0) + 1
+        out = ell + "".join(sorted(c for c, k in counts.items() if k == 1 and c not in ell))
+    sizes = {}
+    for term, shape in zip(expanded, shapes):
+        for c, n in zip(term, shape):
+            if sizes.setdefault(c, n) != n:
+                raise ShapeError(f"einsum: subscript {c!r} has size {sizes[c]} in one operand and "
+                                 f"{n} in another ({equation!r} with shapes "
+                                 f"{[tuple(s) for s in shapes]})")
+    return ",".join(expanded) + "->" + out
+
+
+def _einsum_vjp(g, out, needs, *ops, equation):
+    lhs, out_sub = equation.split("->")
+    ins = lhs.split(",")
+    grads = []
+    for i, (need, term) in enumerate(zip(needs, ins)):
+        if not need:
+            grads.append(None)
+            continue
+        if len(set(term)) != len(term):
+            raise OpError(f"einsum: the gradient for an operand with a repeated subscript "
+                          f"({term!r} in {equation!r}) is not supported")
+        others = [(t, o) for j, (t, o) in enumerate(zip(ins, ops)) if j != i]
+        avail = set(out_sub).union(*[set(t) for t, _ in others])
+        kept = "".join(c for c in term if c in avail)
+        sub = ",".join([out_sub] + [t for t, _ in others]) + "->" + kept
+        gi = einsum(sub, g, *[o for _, o in others])
+        if kept != term:  # letters only this operand had were summed away: broadcast back
+            shape = [ops[i].shape[k] if c in avail else 1 for k, c in enumerate(term)]
+            gi = gi.reshape(tuple(shape)).expand(ops[i].shape)
+        grads.append(gi)
+    return grads
+
+
+def _einsum_infer(*ops, equation):
+    lhs, out_sub = equation.split("->")
+    sizes = {}
+    for term, op in zip(lhs.split(","), ops):
+        sizes.update(zip(term, op.shape))
+    return tuple(sizes[c] for c in out_sub), ops[0].np_dtype
+
+
+EINSUM = primitive("einsum",
+                   lambda *ops, equation: np.einsum(equation, *ops, optimize=len(ops) > 2),
+                   vjp=_einsum_vjp, infer=_einsum_infer)
+
+
+def einsum(equation, *operands):
+    """Einstein summation, e.g. ``einsum('bij,bjk->bik', a, b)``; '...' is supported."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    ops = [as_tensor(o) for o in operands]
+    if len({o.data.dtype for o in ops}) > 1:
+        from ..dtypes import result_type
+        from .helpers import cast
+
+        rt = result_type([o.data.dtype for o in ops], [o.ndim for o in ops])
+        ops = [cast(o, rt) for o in ops]
+    eq = _parse_einsum(equation, [o.shape for o in ops])
+    return apply(EINSUM, tuple(ops), {"equation": eq})
+
+
+def tensordot(a, b, dims=2):
+    a, b = as_tensor(a), as_tensor(b)
+    if isinstance(dims, int):
+        da, db = list(range(a.ndim - dims, a.ndim)), list(range(dims))
+    else:
+        da, db = [list(d) if isinstance(d, (list, tuple)) else [d] for d in dims]
+    letters = iter(string.ascii_letters)
+    sa = [next(letters) for _ in range(a.ndim)]
+    sb = [next(letters) for _ in range(b.ndim)]
+    for i, j in zip(da, db):
+        sb[j] = sa[i]
+    out = [c for k, c in enumerate(sa) if k not in da] + [c for k, c in enumerate(sb) if k not in db]
+    return einsum("".join(sa) + "," + "".join(sb) + "->" + "".join(out), a, b)

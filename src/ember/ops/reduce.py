@@ -1,0 +1,314 @@
+"""Reductions and scans: sum, amax/amin, prod, cumsum, argmax... and their composites."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from ..errors import OpError
+from .elementwise import cast, eq, exp, isinf, log, sqrt, where
+from .helpers import as_tensor, norm_dim, norm_dims
+from .registry import apply, primitive
+
+ValuesIndices = namedtuple("return_types", ["values", "indices"])
+
+
+def _reduced_shape(shape, dims, keepdim):
+    if keepdim:
+        return tuple(1 if i in dims else s for i, s in enumerate(shape))
+    return tuple(s for i, s in enumerate(shape) if i not in dims)
+
+
+def _reduce_infer(x, dims, keepdim, **_):
+    return _reduced_shape(x.shape, dims, keepdim), x.np_dtype
+
+
+def _unsqueeze_reduced(g, x_shape, dims, keepdim):
+    """View a reduced gradient with the reduced dims kept as size 1."""
+    if keepdim or not dims:
+        return g
+    return g.reshape(_reduced_shape(x_shape, dims, True))
+
+
+def _sum_np(x, dims, keepdim):
+    if x.dtype.kind in "iub":
+        return np.sum(x, axis=dims, keepdims=keepdim, dtype=np.int64)
+    if x.dtype == np.float16:  # accumulate in float32, as PyTorch does
+        return np.sum(x, axis=dims, keepdims=keepdim, dtype=np.float32).astype(np.float16)
+    return np.sum(x, axis=dims, keepdims=keepdim)
+
+
+def _sum_infer(x, dims, keepdim):
+    shape = _reduced_shape(x.shape, dims, keepdim)
+    return shape, (np.dtype(np.int64) if x.np_dtype.kind in "iub" else x.np_dtype)
+
+
+SUM = primitive(
+    "sum", _sum_np,
+    (lambda g, out, x, dims, keepdim: _unsqueeze_reduced(g, x.shape, dims, keepdim).expand(x.shape),),
+    infer=_sum_infer, saves=())
+
+
+def _amax_grad(g, out, x, dims, keepdim):
+    g = _unsqueeze_reduced(g, x.shape, dims, keepdim)
+    out = _unsqueeze_reduced(out, x.shape, dims, keepdim)
+    mask = cast(eq(x, out), g.data.dtype)
+    return g * mask / mask.sum(dims, keepdim=True)
+
+
+AMAX = primitive("amax", lambda x, dims, keepdim: np.amax(x, axis=dims, keepdims=keepdim),
+                 (_amax_grad,), infer=_reduce_infer, uses_out=True)
+AMIN = primitive("amin", lambda x, dims, keepdim: np.amin(x, axis=dims, keepdims=keepdim),
+                 (_amax_grad,), infer=_reduce_infer, uses_out=True)
+
+
+def _arg_infer(x, dim, keepdim):
+    if dim is None:
+        return (), np.dtype(np.int64)
+    return _reduced_shape(x.shape, (dim,), keepdim), np.dtype(np.int64)
+
+
+def _argreduce(fn):
+    def forward(x, dim, keepdim):
+        if dim is None:
+            r = fn(x.reshape(-1))
+            return np.asarray(r, dtype=np.int64).reshape((1,) * x.ndim if keepdim else ())
+        return fn(x, axis=dim, keepdims=keepdim).astype(np.int64, copy=False)
+
+    return forward
+
+
+ARGMAX = primitive("argmax", _argreduce(np.argmax), infer=_arg_infer)
+ARGMIN = primitive("argmin", _argreduce(np.argmin), infer=_arg_infer)
+
+
+def _prod_grad(g, out, x, dim, keepdim):
+    """d prod / d x_i = product of all other elements: exclusive prefix times exclusive
+    suffix products, which stays exact when x holds zeros."""
+    from .movement import cat, flip, narrow
+
+    g = _unsqueeze_reduced(g, x.shape, (dim,), keepdim)
+    n = x.shape[dim]
+    one = narrow(x, dim, 0, 1).detach() * 0 + 1
+    left = cumprod(cat([one, narrow(x, dim, 0, n - 1)], dim), dim)
+    right = flip(cumprod(flip(cat([narrow(x, dim, 1, n - 1), one], dim), dim), dim), dim)
+    return g * left * right
+
+
+PROD = primitive("prod", lambda x, dim, keepdim: np.prod(x, axis=dim, keepdims=keepdim),
+                 (_prod_grad,), infer=lambda x, dim, keepdim: _reduce_infer(x, (dim,), keepdim))
+
+
+def _rev_cumsum(g, dim):
+    from .movement import flip
+
+    return flip(cumsum(flip(g, dim), dim), dim)
+
+
+def _scan_dtype(x):
+    return np.int64 if x.dtype.kind in "iub" else None
+
+
+CUMSUM = primitive("cumsum", lambda x, dim: np.cumsum(x, axis=dim, dtype=_scan_dtype(x)),
+                   (lambda g, out, x, dim: _rev_cumsum(g, dim),),
+                   infer=lambda x, dim: (x.shape, np.dtype(np.int64) if x.np_dtype.kind in "iub"
+                                         else x.np_dtype), saves=())
+# The gradient assumes no zeros in x (it divides by x); prod() does not rely on it.
+CUMPROD = primitive("cumprod", lambda x, dim: np.cumprod(x, axis=dim, dtype=_scan_dtype(x)),
+                    (lambda g, out, x, dim: _rev_cumsum(g * out, dim) / x,),
+                    infer=lambda x, dim: (x.shape, x.np_dtype), uses_out=True)
+ALL = primitive("all", lambda x, dims, keepdim: np.all(x, axis=dims, keepdims=keepdim),
+                infer=lambda x, dims, keepdim: (_reduced_shape(x.shape, dims, keepdim), np.dtype(np.bool_)))
+ANY = primitive("any", lambda x, dims, keepdim: np.any(x, axis=dims, keepdims=keepdim),
+                infer=lambda x, dims, keepdim: (_reduced_shape(x.shape, dims, keepdim), np.dtype(np.bool_)))
+
+
+# ---- public functions -----------------------------------------------------------------
+
+def sum(x, dim=None, keepdim=False, dtype=None):  # noqa: A001
+    """Sum over ``dim`` (None: all dims; int or tuple, negative allowed)."""
+    x = as_tensor(x)
+    if dtype is not None:
+        x = x.astype(dtype)
+    return apply(SUM, (x,), {"dims": norm_dims(dim, x.ndim, "sum"), "keepdim": bool(keepdim)})
+
+
+def mean(x, dim=None, keepdim=False, dtype=None):
+    x = as_tensor(x)
+    if dtype is not None:
+        x = x.astype(dtype)
+    if x.data.dtype.kind != "f":
+        raise OpError(f"mean: input dtype must be floating point, got {x.dtype}; "
+                      "convert with .float() or pass dtype=em.float32")
+    dims = norm_dims(dim, x.ndim, "mean")
+    n = 1
+    for d in dims:
+        n *= x.shape[d]
+    return sum(x, dims, keepdim) / n if n else sum(x, dims, keepdim) * float("nan")
+
+
+def sum_to_shape(g, shape):
+    """Sum a broadcast gradient back down to ``shape`` (the inverse of broadcasting)."""
+    shape = tuple(shape)
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    dims = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape)
+                                      if s == 1 and g.shape[i + lead] != 1)
+    out = apply(SUM, (g,), {"dims": dims, "keepdim": True}) if dims else g
+    return out.reshape(shape) if out.shape != shape else out
+
+
+def amax(x, dim=None, keepdim=False):
+    x = as_tensor(x)
+    _check_nonempty(x, "amax")
+    return apply(AMAX, (x,), {"dims": norm_dims(dim, x.ndim, "amax"), "keepdim": bool(keepdim)})
+
+
+def amin(x, dim=None, keepdim=False):
+    x = as_tensor(x)
+    _check_nonempty(x, "amin")
+    return apply(AMIN, (x,), {"dims": norm_dims(dim, x.ndim, "amin"), "keepdim": bool(keepdim)})
+
+
+def _check_nonempty(x, name):
+    if x.data.size == 0:
+        raise OpError(f"{name}: the input has no elements (shape {x.shape}); the reduction has "
+                      "no identity")
+
+
+def _max_min(x, dim, keepdim, name, full, arg):
+    from .indexing import take_along_dim
+
+    x = as_tensor(x)
+    if dim is None:
+        return full(x)
+    if not isinstance(dim, (int, np.integer)):
+        # max(a, b): PyTorch's elementwise form
+        from .elementwise import maximum, minimum
+
+        return (maximum if name == "max" else minimum)(x, dim)
+    _check_nonempty(x, name)
+    d = norm_dim(dim, x.ndim, name)
+    idx = arg(x, d, keepdim=True)
+    values = take_along_dim(x, idx, d)
+    if not keepdim and x.ndim:
+        values, idx = values.squeeze(d), idx.squeeze(d)
+    return ValuesIndices(values, idx)
+
+
+def max(x, dim=None, keepdim=False):  # noqa: A001
+    """max(x) -> tensor; max(x, dim) -> (values, indices); max(x, other) -> elementwise."""
+    return _max_min(x, dim, keepdim, "max", amax, argmax)
+
+
+def min(x, dim=None, keepdim=False):  # noqa: A001
+    return _max_min(x, dim, keepdim, "min", amin, argmin)
+
+
+def argmax(x, dim=None, keepdim=False):
+    x = as_tensor(x)
+    _check_nonempty(x, "argmax")
+    d = None if dim is None else norm_dim(dim, x.ndim, "argmax")
+    return apply(ARGMAX, (x,), {"dim": d, "keepdim": bool(keepdim)})
+
+
+def argmin(x, dim=None, keepdim=False):
+    x = as_tensor(x)
+    _check_nonempty(x, "argmin")
+    d = None if dim is None else norm_dim(dim, x.ndim, "argmin")
+    return apply(ARGMIN, (x,), {"dim": d, "keepdim": bool(keepdim)})
+
+
+def prod(x, dim=None, keepdim=False, dtype=None):
+    x = as_tensor(x)
+    if dtype is not None:
+        x = x.astype(dtype)
+    if dim is None:
+        out = apply(PROD, (x.reshape(-1),), {"dim": 0, "keepdim": False})
+        return out.reshape((1,) * x.ndim) if keepdim else out
+    d = norm_dim(dim, x.ndim, "prod")
+    if x.ndim == 0:
+        return x
+    return apply(PROD, (x,), {"dim": d, "keepdim": bool(keepdim)})
+
+
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    """Variance with Bessel's ``correction`` (default 1; ``unbiased=False`` means 0)."""
+    x = as_tensor(x)
+    if correction is None:
+        correction = 1 if unbiased is None or unbiased else 0
+    dims = norm_dims(dim, x.ndim, "var")
+    n = 1
+    for d in dims:
+        n *= x.shape[d]
+    centered = x - mean(x, dims, keepdim=True)
+    return sum(centered * centered, dims, keepdim) / np.maximum(n - correction, 0)
+
+
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    return sqrt(var(x, dim, unbiased, keepdim, correction=correction))
+
+
+def var_mean(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    return var(x, dim, unbiased, keepdim, correction=correction), mean(x, dim, keepdim)
+
+
+def logsumexp(x, dim=None, keepdim=False):
+    """log(sum(exp(x))) computed stably by factoring out the max."""
+    x = as_tensor(x)
+    dims = norm_dims(dim, x.ndim, "logsumexp")
+    m = amax(x, dims, keepdim=True).detach()
+    m = where(isinf(m), 0.0, m)
+    out = log(sum(exp(x - m), dims, keepdim=True)) + m
+    if not keepdim:
+        out = out.reshape(_reduced_shape(x.shape, dims, False))
+    return out
+
+
+def cumsum(x, dim, dtype=None):
+    x = as_tensor(x)
+    if dtype is not None:
+        x = x.astype(dtype)
+    if x.ndim == 0:
+        return x.reshape(()) * 1
+    return apply(CUMSUM, (x,), {"dim": norm_dim(dim, x.ndim, "cumsum")})
+
+
+def cumprod(x, dim, dtype=None):
+    x = as_tensor(x)
+    if dtype is not None:
+        x = x.astype(dtype)
+    if x.ndim == 0:
+        return x * 1
+    return apply(CUMPROD, (x,), {"dim": norm_dim(dim, x.ndim, "cumprod")})
+
+
+def all(x, dim=None, keepdim=False):  # noqa: A001
+    x = as_tensor(x)
+    return apply(ALL, (x,), {"dims": norm_dims(dim, x.ndim, "all"), "keepdim": bool(keepdim)})
+
+
+def any(x, dim=None, keepdim=False):  # noqa: A001
+    x = as_tensor(x)
+    return apply(ANY, (x,), {"dims": norm_dims(dim, x.ndim, "any"), "keepdim": bool(keepdim)})
+
+
+def norm(x, p=2, dim=None, keepdim=False):
+    """Vector p-norm over ``dim`` (all elements by default); p in {1, 2, inf, or a float}."""
+    from .elementwise import abs as abs_
+
+    x = as_tensor(x)
+    if p == 2 or p == "fro":
+        return sqrt(sum(x * x, dim, keepdim))
+    if p == 1:
+        return sum(abs_(x), dim, keepdim)
+    if p == float("inf"):
+        return amax(abs_(x), dim, keepdim)
+    return sum(abs_(x) ** p, dim, keepdim) ** (1.0 / p)
+
+
+def count_nonzero(x, dim=None):
+    x = as_tensor(x)
+    return sum(x != 0, dim)

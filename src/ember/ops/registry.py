@@ -1,0 +1,149 @@
+"""The op registry: every primitive is defined here once and read by every layer.
+
+A ``Primitive`` bundles
+  * ``forward(*arrays, **attrs) -> ndarray``   the NumPy kernel used by eager mode,
+  * ``grads``: one rule per input, ``rule(g, out, *inputs, **attrs) -> Tensor``, written with
+    ember ops so that gradients are themselves differentiable (``create_graph=True``) and
+    traceable by the compiler; or ``vjp(g, out, needs, *inputs, **attrs) -> tuple`` for ops
+    whose input count varies (``cat``),
+  * ``infer(*specs, **attrs) -> (shape, numpy dtype)``  the shape/dtype rule the tracer and
+    the error messages use (``specs`` have ``.shape`` and ``.dtype``),
+  * ``saves``: which input values the gradient rules need (the rest are dropped after the
+    forward pass and passed to the rules as ``Meta`` with only shape and dtype),
+  * ``onnx``: the ONNX mapping, filled in by ``ember.onnx``.
+
+``apply`` is the single gateway through which every op runs, so grad recording, the
+compiler's tracer and error reporting each live in exactly one place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd.engine import GradMode, Node
+from ..errors import OpError, ShapeError
+
+PRIMITIVES: dict[str, Primitive] = {}
+
+
+class Meta:
+    """Shape and dtype of an input whose values the gradient does not need."""
+
+    __slots__ = ("shape", "np_dtype")
+
+    def __init__(self, shape, np_dtype):
+        self.shape = shape
+        self.np_dtype = np_dtype
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def dtype(self):
+        from ..dtypes import from_numpy_dtype
+
+        return from_numpy_dtype(self.np_dtype)
+
+
+class Primitive:
+    __slots__ = ("name", "forward", "grads", "vjp", "infer", "saves", "uses_out", "broadcasts",
+                 "is_view", "onnx", "differentiable")
+
+    def __init__(self, name, forward, grads=None, *, vjp=None, infer=None, saves=None,
+                 uses_out=False, broadcasts=False, is_view=False):
+        self.name = name
+        self.forward = forward
+        self.grads = grads
+        self.vjp = vjp
+        self.infer = infer
+        self.saves = saves
+        self.uses_out = uses_out
+        self.broadcasts = broadcasts
+        self.is_view = is_view
+        self.onnx = None
+        self.differentiable = grads is not None or vjp is not None
+
+    def __repr__(self):
+        return f"<primitive {self.name}>"
+
+
+def primitive(name, forward, grads=None, **kw) -> Primitive:
+    """Register a primitive. ``saves``: None (all inputs), a tuple of input indices, or a
+    dict {input index: indices its gradient rule needs}."""
+    if name in PRIMITIVES:
+        raise ValueError(f"primitive {name!r} is defined twice")
+    op = Primitive(name, forward, grads, **kw)
+    PRIMITIVES[name] = op
+    return op
+
+
+def _saved_indices(op, inputs):
+    saves = op.saves
+    if saves is None:
+        return range(len(inputs))
+    if type(saves) is tuple:
+        return saves
+    keep = set()
+    for i, t in enumerate(inputs):
+        if t.requires_grad:
+            keep.update(saves.get(i, ()))
+    return keep
+
+
+def apply(op: Primitive, inputs: tuple, attrs: dict):
+    """Run ``op`` on Tensors ``inputs`` and record it for autograd when needed."""
+    try:
+        out = op.forward(*[t.data for t in inputs], **attrs)
+    except Exception as exc:  # turn NumPy's message into one that names the op and shapes
+        raise explain_failure(op, inputs, attrs, exc) from None
+    result = Tensor._make(out)
+    if GradMode.enabled and op.differentiable:
+        for t in inputs:
+            if t.requires_grad:
+                _record(op, inputs, attrs, result)
+                break
+    if op.is_view:
+        result._version = inputs[0]._version
+        result._base = inputs[0] if inputs[0]._base is None else inputs[0]._base
+    return result
+
+
+def _record(op, inputs, attrs, result):
+    keep = _saved_indices(op, inputs)
+    saved = []
+    versions = []
+    for i, t in enumerate(inputs):
+        if i in keep:
+            saved.append(t)
+            versions.append((t._version, t._version[0]))
+        else:
+            saved.append(Meta(t.data.shape, t.data.dtype))
+    node = Node(op, attrs, tuple((t._node or t) if t.requires_grad else None for t in inputs),
+                tuple(saved), versions)
+    if op.uses_out:
+        node.out_data = result.data
+        versions.append((result._version, 0))
+    result._node = node
+    result.requires_grad = True
+
+
+def explain_failure(op, inputs, attrs, exc) -> Exception:
+    """Build a clear error for a failed forward: the shape rule's message if it rejects the
+    inputs, else the op, its input shapes/dtypes and NumPy's own reason."""
+    if isinstance(exc, (OpError, ShapeError)):
+        return exc
+    if op.infer is not None:
+        try:
+            op.infer(*[Meta(t.data.shape, t.data.dtype) for t in inputs], **attrs)
+        except (OpError, ShapeError) as nice:
+            return nice
+        except Exception:
+            pass
+    desc = ", ".join(f"{tuple(t.data.shape)} {t.data.dtype}" for t in inputs)
+    shown = {k: v for k, v in attrs.items() if not isinstance(v, np.ndarray)}
+    extra = f" with {shown}" if shown else ""
+    return OpError(f"{op.name}: failed on inputs [{desc}]{extra}: {exc}")
+
+
+from ..tensor import Tensor  # noqa: E402  (Tensor imports the registry lazily)

@@ -1,0 +1,151 @@
+"""Random numbers: one global NumPy Generator (PCG64), seeded by ``manual_seed``.
+
+Every random op in ember (init, dropout, shuffling) draws from ``default_generator`` unless
+given its own ``Generator``, so ``em.manual_seed(s)`` makes a whole run reproducible, and
+``get_rng_state``/``set_rng_state`` let a checkpoint resume the exact stream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import dtypes as _dt
+from .ops.helpers import norm_shape
+from .tensor import Tensor
+
+
+class Generator:
+    """A random stream (PyTorch's torch.Generator): ``Generator().manual_seed(0)``."""
+
+    def __init__(self, seed=None):
+        self._seed = seed
+        self.np = np.random.Generator(np.random.PCG64(seed))
+
+    def manual_seed(self, seed: int) -> Generator:
+        self._seed = int(seed)
+        self.np = np.random.Generator(np.random.PCG64(self._seed))
+        return self
+
+    def initial_seed(self):
+        return self._seed
+
+    def get_state(self) -> dict:
+        return self.np.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.np.bit_generator.state = state
+
+
+default_generator = Generator(None)
+
+
+def manual_seed(seed: int) -> Generator:
+    """Seed the global generator (makes initialisation, dropout and shuffling reproducible)."""
+    return default_generator.manual_seed(seed)
+
+
+seed = manual_seed
+
+
+def get_rng_state() -> dict:
+    return default_generator.get_state()
+
+
+def set_rng_state(state: dict) -> None:
+    default_generator.set_state(state)
+
+
+def _gen(generator):
+    return (generator or default_generator).np
+
+
+def _float_dtype(dtype):
+    d = _dt.default_float if dtype is None else _dt.get_dtype(dtype)
+    if not d.is_floating_point:
+        raise TypeError(f"expected a floating-point dtype, got {d}")
+    return d.np
+
+
+def _finish(arr, requires_grad):
+    t = Tensor._make(arr)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def rand(*shape, dtype=None, generator=None, requires_grad=False) -> Tensor:
+    """Uniform samples in [0, 1)."""
+    d = _float_dtype(dtype)
+    g = _gen(generator)
+    shape = norm_shape(shape)
+    arr = g.random(shape, dtype=d) if d in (np.float32, np.float64) else g.random(shape).astype(d)
+    return _finish(arr, requires_grad)
+
+
+def randn(*shape, dtype=None, generator=None, requires_grad=False) -> Tensor:
+    """Standard normal samples."""
+    d = _float_dtype(dtype)
+    g = _gen(generator)
+    shape = norm_shape(shape)
+    arr = (g.standard_normal(shape, dtype=d) if d in (np.float32, np.float64)
+           else g.standard_normal(shape).astype(d))
+    return _finish(arr, requires_grad)
+
+
+def randint(low, high=None, size=(), dtype=None, generator=None) -> Tensor:
+    """Integers in [low, high) (int64 unless ``dtype``); randint(high, size) also works."""
+    if high is None:
+        low, high = 0, low
+    d = _dt.int64.np if dtype is None else _dt.get_dtype(dtype).np
+    size = (size,) if isinstance(size, int) else tuple(size)
+    return Tensor._make(_gen(generator).integers(low, high, size=size).astype(d))
+
+
+def normal(mean=0.0, std=1.0, size=None, dtype=None, generator=None, requires_grad=False) -> Tensor:
+    """Normal samples; ``mean``/``std`` may be tensors (their broadcast shape is used)."""
+    m = mean.data if isinstance(mean, Tensor) else mean
+    s = std.data if isinstance(std, Tensor) else std
+    if size is None:
+        size = np.broadcast_shapes(np.shape(m), np.shape(s))
+    d = _float_dtype(dtype if dtype is not None else
+                     (mean.dtype if isinstance(mean, Tensor) else None))
+    arr = (_gen(generator).standard_normal(tuple(size)) * s + m).astype(d)
+    return _finish(arr, requires_grad)
+
+
+def uniform(low=0.0, high=1.0, size=(), dtype=None, generator=None, requires_grad=False) -> Tensor:
+    d = _float_dtype(dtype)
+    arr = _gen(generator).uniform(low, high, size=tuple(size) if not isinstance(size, int)
+                                  else (size,)).astype(d)
+    return _finish(arr, requires_grad)
+
+
+def randperm(n, dtype=None, generator=None) -> Tensor:
+    d = _dt.int64.np if dtype is None else _dt.get_dtype(dtype).np
+    return Tensor._make(_gen(generator).permutation(n).astype(d))
+
+
+def bernoulli(p, generator=None) -> Tensor:
+    """1.0 with probability ``p`` (a tensor of probabilities), else 0.0."""
+    pa = p.data if isinstance(p, Tensor) else np.asarray(p, dtype=np.float32)
+    return Tensor._make((_gen(generator).random(pa.shape) < pa).astype(pa.dtype))
+
+
+def multinomial(probs, num_samples, replacement=False, generator=None) -> Tensor:
+    """Sample category indices from (unnormalised) ``probs`` of shape (C,) or (B, C)."""
+    p = np.asarray(probs.data if isinstance(probs, Tensor) else probs, dtype=np.float64)
+    g = _gen(generator)
+    rows = p.reshape(-1, p.shape[-1])
+    if (rows < 0).any() or not np.isfinite(rows).all() or (rows.sum(1) <= 0).any():
+        raise ValueError("multinomial: probabilities must be finite, non-negative and not all zero")
+    out = np.stack([g.choice(rows.shape[1], size=num_samples, replace=replacement,
+                             p=r / r.sum()) for r in rows])
+    return Tensor._make(out.reshape(p.shape[:-1] + (num_samples,)).astype(np.int64))
+
+
+def rand_like(x, dtype=None, generator=None) -> Tensor:
+    return rand(x.shape, dtype=dtype or x.dtype, generator=generator)
+
+
+def randn_like(x, dtype=None, generator=None) -> Tensor:
+    return randn(x.shape, dtype=dtype or x.dtype, generator=generator)

@@ -1,0 +1,256 @@
+"""The Tensor: a NumPy array plus what autograd needs to know about it.
+
+Math methods (``+``, ``exp``, ``sum``, ``reshape``...) are attached by ``ember.ops`` from
+its function table, so this file holds only the tensor's state and conversions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import dtypes as _dt
+from .autograd.engine import run_backward
+from .errors import GradError
+
+
+class Tensor:
+    __slots__ = ("data", "_node", "requires_grad", "grad", "_version", "_base", "__weakref__")
+    __array_ufunc__ = None  # make NumPy defer to our reflected operators (np_array * tensor)
+
+    def __init__(self, data, dtype=None, requires_grad=False):
+        t = tensor(data, dtype=dtype, requires_grad=requires_grad)
+        self.data, self._node, self.requires_grad = t.data, None, t.requires_grad
+        self.grad, self._version, self._base = None, [0], None
+
+    @classmethod
+    def _make(cls, array):
+        """Wrap an ndarray without copying or checks (the hot path)."""
+        t = object.__new__(cls)
+        t.data = array
+        t._node = None
+        t.requires_grad = False
+        t.grad = None
+        t._version = [0]
+        t._base = None
+        return t
+
+    # ---- metadata -------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        return self.data.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def dtype(self) -> _dt.DType:
+        return _dt.from_numpy_dtype(self.data.dtype)
+
+    def size(self, dim=None):
+        if dim is None:
+            return self.data.shape
+        return self.data.shape[dim]
+
+    def dim(self) -> int:
+        return self.data.ndim
+
+    def numel(self) -> int:
+        return int(self.data.size)
+
+    def element_size(self) -> int:
+        return self.data.itemsize
+
+    def is_floating_point(self) -> bool:
+        return self.data.dtype.kind == "f"
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._node is None
+
+    @property
+    def grad_fn(self):
+        return self._node
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    def __len__(self):
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.data.shape[0]
+
+    # ---- conversions ----------------------------------------------------------------
+    def numpy(self) -> np.ndarray:
+        if self.requires_grad:
+            raise GradError("numpy(): this tensor requires grad; call .detach().numpy() to "
+                            "get its values without the graph")
+        return self.data
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item(): only a tensor with one element can be converted to a "
+                             f"Python scalar, got shape {self.data.shape}")
+        return self.data.reshape(()).item()
+
+    def tolist(self):
+        return self.data.tolist()
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __index__(self):
+        if self.data.dtype.kind not in "iub" or self.data.size != 1:
+            raise TypeError("only integer tensors of a single element can be used as an index")
+        return int(self.item())
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise RuntimeError(f"the truth value of a tensor with {self.data.size} elements is "
+                               "ambiguous; use .any() or .all()")
+        return bool(self.data.reshape(()).item())
+
+    def __array__(self, dtype=None, copy=None):
+        return self.data if dtype is None else self.data.astype(dtype)
+
+    def __iter__(self):
+        if self.data.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.data.shape[0]))
+
+    def __hash__(self):
+        return id(self)
+
+    # ---- autograd -------------------------------------------------------------------
+    def detach(self) -> Tensor:
+        """A tensor sharing this one's data (and version counter) but not its graph."""
+        t = Tensor._make(self.data)
+        t._version = self._version
+        t._base = self if self._base is None else self._base
+        return t
+
+    def detach_(self) -> Tensor:
+        self._node = None
+        self.requires_grad = False
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        if self._node is not None and not requires_grad:
+            raise GradError("requires_grad_(False) on a non-leaf tensor; use .detach()")
+        if requires_grad and self.data.dtype.kind != "f":
+            raise GradError(f"only floating-point tensors can require gradients, this one is "
+                            f"{self.dtype}; convert it with .float() first")
+        self.requires_grad = requires_grad
+        return self
+
+    def retain_grad(self) -> None:
+        import weakref
+
+        if self._node is not None:
+            self._node.retained = weakref.ref(self)
+
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
+
+        ``gradient`` is required unless ``self`` holds a single element.
+        """
+        if not self.requires_grad:
+            raise GradError("backward(): this tensor does not require grad and has no graph. "
+                            "Did you create the parameters with requires_grad=True, or run the "
+                            "forward pass under em.no_grad()?")
+        if gradient is None:
+            if self.data.size != 1:
+                raise GradError(f"backward(): grad can be implicitly created only for scalar "
+                                f"outputs; this tensor has shape {self.data.shape}. Pass "
+                                f"gradient= (a tensor of the same shape) or reduce it first, "
+                                f"e.g. loss.sum().backward()")
+            gradient = Tensor._make(np.ones_like(self.data))
+        else:
+            gradient = gradient if isinstance(gradient, Tensor) else tensor(gradient)
+            if gradient.shape != self.shape:
+                raise GradError(f"backward(): gradient has shape {gradient.shape} but the "
+                                f"tensor has shape {self.shape}")
+        if retain_graph is None:
+            retain_graph = create_graph
+        if inputs is not None:
+            inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+            grads = run_backward([self], [gradient], retain_graph, create_graph, inputs=inputs)
+            for t, g in zip(inputs, grads):
+                if g is not None:
+                    t.grad = g if t.grad is None else t.grad + g
+            return
+        run_backward([self], [gradient], retain_graph, create_graph)
+
+    # ---- display --------------------------------------------------------------------
+    def __repr__(self):
+        body = np.array2string(self.data, separator=", ", precision=4, prefix="tensor(",
+                               threshold=1000, edgeitems=3)
+        extras = []
+        d = self.data.dtype
+        if d not in (np.float32, np.int64, np.bool_) or self.data.size == 0:
+            extras.append(f"dtype={self.dtype!r}")
+        if self._node is not None:
+            extras.append(f"grad_fn={self._node!r}")
+        elif self.requires_grad:
+            extras.append("requires_grad=True")
+        return "tensor(" + body + "".join(", " + e for e in extras) + ")"
+
+    __str__ = __repr__
+
+
+def _as_array(data, dtype):
+    if isinstance(data, Tensor):
+        return data.data.copy() if dtype is None else data.data.astype(dtype.np)
+    if isinstance(data, np.ndarray):
+        arr = data
+        if dtype is not None:
+            return arr.astype(dtype.np)
+        if arr.dtype.kind == "f" or arr.dtype == np.bool_ or arr.dtype.kind in "iu":
+            _dt.from_numpy_dtype(arr.dtype)  # reject unsupported NumPy dtypes early
+            return arr.copy()
+        raise TypeError(f"tensor(): cannot make a tensor from a NumPy array of dtype {arr.dtype}")
+    if isinstance(data, (list, tuple)) and any(isinstance(v, Tensor) for v in _flatten(data)):
+        data = _unwrap_nested(data)
+    arr = np.asarray(data)
+    if arr.dtype == object:
+        raise TypeError(f"tensor(): could not infer a numeric dtype from {type(data).__name__}; "
+                        "nested lists must be rectangular and hold numbers")
+    if dtype is not None:
+        return arr.astype(dtype.np)
+    if arr.dtype.kind == "f":
+        return arr.astype(_dt.default_float.np)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    if arr.dtype == np.bool_:
+        return arr
+    raise TypeError(f"tensor(): unsupported data of dtype {arr.dtype}")
+
+
+def _flatten(seq):
+    for v in seq:
+        if isinstance(v, (list, tuple)):
+            yield from _flatten(v)
+        else:
+            yield v
+
+
+def _unwrap_nested(seq):
+    return [(_unwrap_nested(v) if isinstance(v, (list, tuple)) else
+             (v.data if isinstance(v, Tensor) else v)) for v in seq]
+
+
+def tensor(data, dtype=None, requires_grad=False) -> Tensor:
+    """Create a tensor that owns a copy of ``data`` (nested lists, scalars, arrays, tensors).
+
+    Floats default to float32 and ints to int64, as in PyTorch; NumPy arrays keep their dtype.
+    """
+    dtype = None if dtype is None else _dt.get_dtype(dtype)
+    arr = _as_array(data, dtype)
+    t = Tensor._make(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
