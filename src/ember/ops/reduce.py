@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import builtins
 from collections import namedtuple
 
 import numpy as np
 
 from ..errors import OpError
-from .elementwise import cast, eq, exp, isinf, log, sqrt, where
-from .helpers import as_tensor, norm_dim, norm_dims
+from .elementwise import cast, eq, exp, isinf, log, logical_and, logical_or, sqrt, where
+from .helpers import as_tensor, const, norm_dim, norm_dims
 from .registry import apply, primitive
 
 ValuesIndices = namedtuple("return_types", ["values", "indices"])
+
+
+def _dims(dim, ndim, op):
+    """``dim`` as a sorted tuple; PyTorch reads an empty dim list as "all dims" for the
+    numeric reductions (sum, mean, amax, var, norm...)."""
+    if isinstance(dim, (tuple, list)) and len(dim) == 0:
+        dim = None
+    return norm_dims(dim, ndim, op)
 
 
 def _reduced_shape(shape, dims, keepdim):
@@ -83,6 +92,10 @@ ARGMAX = primitive("argmax", _argreduce(np.argmax), infer=_arg_infer)
 ARGMIN = primitive("argmin", _argreduce(np.argmin), infer=_arg_infer)
 
 
+def _scan_dtype(x):
+    return np.int64 if x.dtype.kind in "iub" else None
+
+
 def _prod_grad(g, out, x, dim, keepdim):
     """d prod / d x_i = product of all other elements: exclusive prefix times exclusive
     suffix products, which stays exact when x holds zeros."""
@@ -90,14 +103,26 @@ def _prod_grad(g, out, x, dim, keepdim):
 
     g = _unsqueeze_reduced(g, x.shape, (dim,), keepdim)
     n = x.shape[dim]
-    one = narrow(x, dim, 0, 1).detach() * 0 + 1
+    if n == 0:  # the empty product is 1 and has no inputs to differentiate
+        return g.expand(x.shape)
+    shape = tuple(1 if i == dim else s for i, s in enumerate(x.shape))
+    one = const(1, x.data.dtype).expand(shape)
     left = cumprod(cat([one, narrow(x, dim, 0, n - 1)], dim), dim)
     right = flip(cumprod(flip(cat([narrow(x, dim, 1, n - 1), one], dim), dim), dim), dim)
     return g * left * right
 
 
-PROD = primitive("prod", lambda x, dim, keepdim: np.prod(x, axis=dim, keepdims=keepdim),
-                 (_prod_grad,), infer=lambda x, dim, keepdim: _reduce_infer(x, (dim,), keepdim))
+def _int64_if_integer(np_dtype):
+    """PyTorch accumulates integer and bool products and scans in int64."""
+    return np.dtype(np.int64) if np_dtype.kind in "iub" else np_dtype
+
+
+PROD = primitive("prod",
+                 lambda x, dim, keepdim: np.prod(x, axis=dim, keepdims=keepdim,
+                                                 dtype=_scan_dtype(x)),
+                 (_prod_grad,),
+                 infer=lambda x, dim, keepdim: (_reduced_shape(x.shape, (dim,), keepdim),
+                                                _int64_if_integer(x.np_dtype)))
 
 
 def _rev_cumsum(g, dim):
@@ -106,18 +131,32 @@ def _rev_cumsum(g, dim):
     return flip(cumsum(flip(g, dim), dim), dim)
 
 
-def _scan_dtype(x):
-    return np.int64 if x.dtype.kind in "iub" else None
-
-
 CUMSUM = primitive("cumsum", lambda x, dim: np.cumsum(x, axis=dim, dtype=_scan_dtype(x)),
                    (lambda g, out, x, dim: _rev_cumsum(g, dim),),
                    infer=lambda x, dim: (x.shape, np.dtype(np.int64) if x.np_dtype.kind in "iub"
                                          else x.np_dtype), saves=())
-# The gradient assumes no zeros in x (it divides by x); prod() does not rely on it.
+def _cumprod_grad(g, out, x, dim):
+    """d/dx_i of sum_j g_j out_j = sum_{j>=i} g_j prod_{k<=j, k!=i} x_k, exact with zeros.
+
+    Before the first zero along ``dim`` it is revcumsum(g * out) / x_i. At the first zero k it
+    is prod_{m<k} x_m * sum_{j>=k} g_j prod_{k<m<=j} x_m (cumprods with the earlier entries
+    set to 1). After the first zero every term holds that zero, so it is 0. (PyTorch's
+    formula; only ember ops, so it is traceable and differentiable again.)"""
+    zero = eq(x, 0)
+    seen = cumsum(zero, dim)                     # zeros at or before each position
+    before = eq(seen, 0)
+    first = logical_and(zero, eq(seen, 1))
+    one = const(1, x.data.dtype)
+    plain = _rev_cumsum(g * out, dim) / where(before, x, one)
+    prefix = cumprod(where(before, x, one), dim)  # = prod_{m<k} x_m at the first zero k
+    tail = cumprod(where(logical_or(before, first), one, x), dim)  # prod_{k<m<=j} x_m for j >= k
+    at_zero = prefix * _rev_cumsum(g * tail, dim)
+    return where(before, plain, where(first, at_zero, const(0, x.data.dtype)))
+
+
 CUMPROD = primitive("cumprod", lambda x, dim: np.cumprod(x, axis=dim, dtype=_scan_dtype(x)),
-                    (lambda g, out, x, dim: _rev_cumsum(g * out, dim) / x,),
-                    infer=lambda x, dim: (x.shape, x.np_dtype), uses_out=True)
+                    (_cumprod_grad,),
+                    infer=lambda x, dim: (x.shape, _int64_if_integer(x.np_dtype)), uses_out=True)
 ALL = primitive("all", lambda x, dims, keepdim: np.all(x, axis=dims, keepdims=keepdim),
                 infer=lambda x, dims, keepdim: (_reduced_shape(x.shape, dims, keepdim), np.dtype(np.bool_)))
 ANY = primitive("any", lambda x, dims, keepdim: np.any(x, axis=dims, keepdims=keepdim),
@@ -131,7 +170,7 @@ def sum(x, dim=None, keepdim=False, dtype=None):  # noqa: A001
     x = as_tensor(x)
     if dtype is not None:
         x = x.astype(dtype)
-    return apply(SUM, (x,), {"dims": norm_dims(dim, x.ndim, "sum"), "keepdim": bool(keepdim)})
+    return apply(SUM, (x,), {"dims": _dims(dim, x.ndim, "sum"), "keepdim": bool(keepdim)})
 
 
 def mean(x, dim=None, keepdim=False, dtype=None):
@@ -141,7 +180,7 @@ def mean(x, dim=None, keepdim=False, dtype=None):
     if x.data.dtype.kind != "f":
         raise OpError(f"mean: input dtype must be floating point, got {x.dtype}; "
                       "convert with .float() or pass dtype=em.float32")
-    dims = norm_dims(dim, x.ndim, "mean")
+    dims = _dims(dim, x.ndim, "mean")
     n = 1
     for d in dims:
         n *= x.shape[d]
@@ -162,20 +201,25 @@ def sum_to_shape(g, shape):
 
 def amax(x, dim=None, keepdim=False):
     x = as_tensor(x)
-    _check_nonempty(x, "amax")
-    return apply(AMAX, (x,), {"dims": norm_dims(dim, x.ndim, "amax"), "keepdim": bool(keepdim)})
+    dims = _dims(dim, x.ndim, "amax")
+    _check_nonempty(x, "amax", dims)
+    return apply(AMAX, (x,), {"dims": dims, "keepdim": bool(keepdim)})
 
 
 def amin(x, dim=None, keepdim=False):
     x = as_tensor(x)
-    _check_nonempty(x, "amin")
-    return apply(AMIN, (x,), {"dims": norm_dims(dim, x.ndim, "amin"), "keepdim": bool(keepdim)})
+    dims = _dims(dim, x.ndim, "amin")
+    _check_nonempty(x, "amin", dims)
+    return apply(AMIN, (x,), {"dims": dims, "keepdim": bool(keepdim)})
 
 
-def _check_nonempty(x, name):
-    if x.data.size == 0:
-        raise OpError(f"{name}: the input has no elements (shape {x.shape}); the reduction has "
-                      "no identity")
+def _check_nonempty(x, name, dims=None):
+    """Reducing over a zero-size dim has no identity for max/min; other dims may be empty."""
+    if dims is None:
+        dims = tuple(range(x.ndim))
+    if x.data.size == 0 and (x.ndim == 0 or not dims or builtins.any(x.shape[d] == 0 for d in dims)):
+        raise OpError(f"{name}: the input has no elements to reduce (shape {x.shape}, dims "
+                      f"{dims}); the reduction has no identity, so it needs a non-empty dim")
 
 
 def _max_min(x, dim, keepdim, name, full, arg):
@@ -189,8 +233,12 @@ def _max_min(x, dim, keepdim, name, full, arg):
         from .elementwise import maximum, minimum
 
         return (maximum if name == "max" else minimum)(x, dim)
-    _check_nonempty(x, name)
     d = norm_dim(dim, x.ndim, name)
+    _check_nonempty(x, name, (d,) if x.ndim else ())
+    if x.ndim == 0:  # a 0-d tensor is its own max along dim 0 or -1, at index 0
+        from .movement import clone
+
+        return ValuesIndices(clone(x), const(0, np.int64))
     idx = arg(x, d, keepdim=True)
     values = take_along_dim(x, idx, d)
     if not keepdim and x.ndim:
@@ -209,15 +257,15 @@ def min(x, dim=None, keepdim=False):  # noqa: A001
 
 def argmax(x, dim=None, keepdim=False):
     x = as_tensor(x)
-    _check_nonempty(x, "argmax")
     d = None if dim is None else norm_dim(dim, x.ndim, "argmax")
+    _check_nonempty(x, "argmax", None if d is None or not x.ndim else (d,))
     return apply(ARGMAX, (x,), {"dim": d, "keepdim": bool(keepdim)})
 
 
 def argmin(x, dim=None, keepdim=False):
     x = as_tensor(x)
-    _check_nonempty(x, "argmin")
     d = None if dim is None else norm_dim(dim, x.ndim, "argmin")
+    _check_nonempty(x, "argmin", None if d is None or not x.ndim else (d,))
     return apply(ARGMIN, (x,), {"dim": d, "keepdim": bool(keepdim)})
 
 
@@ -239,7 +287,7 @@ def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
     x = as_tensor(x)
     if correction is None:
         correction = 1 if unbiased is None or unbiased else 0
-    dims = norm_dims(dim, x.ndim, "var")
+    dims = _dims(dim, x.ndim, "var")
     n = 1
     for d in dims:
         n *= x.shape[d]
@@ -247,8 +295,17 @@ def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
     return sum(centered * centered, dims, keepdim) / np.maximum(n - correction, 0)
 
 
+def _root(s, p=2):
+    """s ** (1/p) for s >= 0 whose gradient is 0 (not inf * 0 = nan) where s == 0, as
+    PyTorch's std and norm backward give for constant or all-zero inputs."""
+    zero = eq(s, 0)
+    safe = where(zero, const(1, s.data.dtype), s)
+    r = sqrt(safe) if p == 2 else safe ** (1.0 / p)
+    return where(zero, const(0, s.data.dtype), r)
+
+
 def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
-    return sqrt(var(x, dim, unbiased, keepdim, correction=correction))
+    return _root(var(x, dim, unbiased, keepdim, correction=correction))
 
 
 def var_mean(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
@@ -258,7 +315,9 @@ def var_mean(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
 def logsumexp(x, dim=None, keepdim=False):
     """log(sum(exp(x))) computed stably by factoring out the max."""
     x = as_tensor(x)
-    dims = norm_dims(dim, x.ndim, "logsumexp")
+    dims = _dims(dim, x.ndim, "logsumexp")
+    if x.data.size == 0:  # an empty sum is 0, so its log is -inf; there is no max to factor
+        return log(sum(exp(x), dims, keepdim))
     m = amax(x, dims, keepdim=True).detach()
     m = where(isinf(m), 0.0, m)
     out = log(sum(exp(x - m), dims, keepdim=True)) + m
@@ -300,13 +359,23 @@ def norm(x, p=2, dim=None, keepdim=False):
     from .elementwise import abs as abs_
 
     x = as_tensor(x)
+    if x.data.dtype.kind != "f":
+        raise OpError(f"norm: expects a floating-point tensor, got {x.dtype}; convert it with "
+                      ".float()")
     if p == 2 or p == "fro":
-        return sqrt(sum(x * x, dim, keepdim))
+        return _root(sum(x * x, dim, keepdim))
     if p == 1:
         return sum(abs_(x), dim, keepdim)
     if p == float("inf"):
         return amax(abs_(x), dim, keepdim)
-    return sum(abs_(x) ** p, dim, keepdim) ** (1.0 / p)
+    if p == -float("inf"):
+        return amin(abs_(x), dim, keepdim)
+    if p == 0:
+        return sum(cast(x != 0, x.data.dtype), dim, keepdim)
+    if isinstance(p, str):
+        raise OpError(f"norm: p must be a number or 'fro', got {p!r} (matrix norms such as "
+                      "'nuc' are not supported)")
+    return _root(sum(abs_(x) ** p, dim, keepdim), p)
 
 
 def count_nonzero(x, dim=None):
