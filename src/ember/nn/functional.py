@@ -85,7 +85,9 @@ def linear(x, weight, bias=None):
 
 
 def bilinear(x1, x2, weight, bias=None):
-    out = ew.mul(matmul(x1.unsqueeze(-2).unsqueeze(-3), weight).squeeze(-2), x2.unsqueeze(-2)).sum(-1)
+    """y[..., o] = x1 @ weight[o] @ x2 + bias[o]; weight (out, in1, in2)."""
+    out = matmul(x1.unsqueeze(-2).unsqueeze(-2), weight).squeeze(-2)  # (*, out, in2)
+    out = (out * x2.unsqueeze(-2)).sum(-1)
     return out if bias is None else out + bias
 
 
