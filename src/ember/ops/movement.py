@@ -84,7 +84,7 @@ PAD = primitive("pad", lambda x, pad_width, value: np.pad(x, pad_width, constant
 FLIP = primitive("flip", lambda x, dims: np.flip(x, axis=dims),
                  (lambda g, out, x, dims: flip(g, dims),),
                  infer=lambda x, dims: (x.shape, x.np_dtype), saves=(), is_view=True)
-COPY = primitive("copy", lambda x: np.array(x, copy=True), (lambda g, out, x: g,),
+COPY = primitive("copy", lambda x: np.array(x, copy=True, order="C"), (lambda g, out, x: g,),
                  infer=lambda x: (x.shape, x.np_dtype), saves=())
 
 
@@ -286,9 +286,10 @@ def split(x, split_size_or_sections, dim=0):
     n = x.shape[d]
     if isinstance(split_size_or_sections, (int, np.integer)):
         size = int(split_size_or_sections)
-        if size <= 0:
+        if size < 0 or (size == 0 and n):
             raise OpError(f"split: split_size must be positive, got {size}")
-        sizes = [size] * (n // size) + ([n % size] if n % size else [])
+        # an empty dim still gives one (empty) piece, as in PyTorch
+        sizes = [size] * (n // size) + ([n % size] if n % size else []) if n else [0]
     else:
         sizes = list(split_size_or_sections)
         if sum(sizes) != n:
@@ -303,6 +304,10 @@ def split(x, split_size_or_sections, dim=0):
 def chunk(x, chunks, dim=0):
     x = as_tensor(x)
     d = norm_dim(dim, x.ndim, "chunk")
+    if chunks <= 0:
+        raise OpError(f"chunk: the number of chunks must be positive, got {chunks}")
+    if x.shape[d] == 0:  # PyTorch gives ``chunks`` empty pieces
+        return tuple(narrow(x, d, 0, 0) for _ in range(chunks))
     size = -(-x.shape[d] // chunks)
     return split(x, max(size, 1), d)
 
@@ -351,8 +356,11 @@ def pad(x, pad, mode="constant", value=0.0):
     return x
 
 
-def flip(x, dims):
+def flip(x, *args, dims=None):
+    """Reverse the order of elements along ``dims`` (an int, a tuple, or several ints)."""
     x = as_tensor(x)
+    if dims is None:
+        dims = args[0] if len(args) == 1 else args
     dims = norm_dims(dims, x.ndim, "flip")
     if not dims:
         return x
