@@ -127,6 +127,52 @@ def _norm_index(index):
     return tuple(template), tuple(tensors)
 
 
+class IndexingError(OpError, IndexError):
+    """An index out of range, too many indices, or a mask of the wrong shape. It is an
+    IndexError, as in PyTorch and NumPy, and an OpError like ember's other op errors."""
+
+
+def _index_values(i):
+    """The NumPy value of one index entry (None for slices, None and Ellipsis)."""
+    if isinstance(i, Tensor):
+        return i.data if is_concrete(i) else None
+    if isinstance(i, (list, bool, np.bool_, int, np.integer)):
+        a = np.asarray(i)
+        return a.astype(np.intp) if a.dtype == object or (a.size == 0 and a.dtype.kind == "f") else a
+    return i if isinstance(i, np.ndarray) else None
+
+
+def _check_index(shape, index, op):
+    """Raise IndexingError unless ``index`` fits a tensor of ``shape`` (NumPy would raise an
+    unhelpful message, or, for a boolean mask turned into coordinates, nothing at all)."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    vals = [_index_values(i) for i in index]
+    used = [0 if i is None or i is Ellipsis else
+            (v.ndim if v is not None and v.dtype == np.bool_ else 1) for i, v in zip(index, vals)]
+    if sum(1 for i in index if i is Ellipsis) > 1:
+        raise IndexingError(f"{op}: an index can only have a single ellipsis (...)")
+    if sum(used) > len(shape):
+        raise IndexingError(f"{op}: too many indices for a tensor of shape {tuple(shape)}: "
+                            f"{sum(used)} dims are indexed")
+    d = 0
+    for k, (i, v, n) in enumerate(zip(index, vals, used)):
+        if i is Ellipsis:
+            d = len(shape) - sum(used[k + 1:])
+            continue
+        if v is not None and v.dtype == np.bool_:
+            if tuple(v.shape) != tuple(shape[d:d + n]):
+                raise IndexingError(f"{op}: the boolean mask of shape {tuple(v.shape)} does not "
+                                    f"match dims {d}..{d + n - 1} of the indexed tensor, which "
+                                    f"have shape {tuple(shape[d:d + n])}")
+        elif v is not None and v.size and v.dtype.kind in "iu":
+            lo, hi, size = int(v.min()), int(v.max()), shape[d]
+            if lo < -size or hi >= size:
+                raise IndexingError(f"{op}: index {lo if lo < -size else hi} is out of range for "
+                                    f"dim {d} of size {size} (tensor of shape {tuple(shape)})")
+        d += n
+
+
 def is_concrete(t) -> bool:
     """True for tensors holding real values (not symbolic ones being traced)."""
     return isinstance(t.data, np.ndarray)
@@ -135,6 +181,7 @@ def is_concrete(t) -> bool:
 def getitem(x, index):
     """``x[index]`` with NumPy/PyTorch semantics; gradients flow for every index kind."""
     x = as_tensor(x)
+    _check_index(x.shape, index, "getitem")
     template, idx = _norm_index(index)
     return _take(x, idx, template)
 
@@ -151,6 +198,7 @@ def setitem(x, index, value):
     if not x.data.flags.writeable:
         raise OpError(f"setitem: this tensor (shape {x.shape}) is a read-only broadcast view; "
                       "call .clone() or .contiguous() before writing to it")
+    _check_index(x.shape, index, "setitem")
     template, idx = _norm_index(index)
     index = _fill(template, tuple(t.data for t in idx))
     v = value.data if isinstance(value, Tensor) else value
@@ -222,14 +270,27 @@ def take_along_dim(x, indices, dim=None):
     return gather(x.expand(tuple(bx)), d, idx.expand(tuple(bi)))
 
 
+def _scatter_src(x, d, idx, src, op):
+    """Check PyTorch's scatter shape rules and cut ``src`` to the index's shape."""
+    if idx.ndim != x.ndim or src.ndim != x.ndim:
+        raise ShapeError(f"{op}: index {idx.shape}, src {src.shape} and input {x.shape} must "
+                         "have the same number of dims")
+    for k in range(x.ndim):
+        if idx.shape[k] > src.shape[k] or (k != d and idx.shape[k] > x.shape[k]):
+            raise ShapeError(f"{op}: index of shape {idx.shape} is larger than src {src.shape} "
+                             f"or, outside dim {d}, than the input {x.shape} in dim {k}")
+    _check_range(idx, x.shape[d], op, d)
+    if idx.shape != src.shape:
+        src = src[tuple(slice(0, n) for n in idx.shape)]
+    return src
+
+
 def scatter_add(x, dim, index, src):
     """out = x, then out[index[i][j]][j] += src[i][j] (dim=0), accumulating duplicates."""
     x, src = as_tensor(x), as_tensor(src)
     idx = _index_tensor(index, "scatter_add")
     d = norm_dim(dim, x.ndim, "scatter_add")
-    _check_range(idx, x.shape[d], "scatter_add", dim)
-    if idx.shape != src.shape:
-        src = src[tuple(slice(0, n) for n in idx.shape)]
+    src = _scatter_src(x, d, idx, src, "scatter_add")
     return x + index_put(src, (idx,), _gather_template(idx.shape, d), x.shape, accumulate=True)
 
 
@@ -237,17 +298,18 @@ def scatter(x, dim, index, src=None, value=None, reduce=None):
     """out = x with out[index[i][j]][j] = src[i][j] (dim=0); ``value`` for a scalar source."""
     x = as_tensor(x)
     idx = _index_tensor(index, "scatter")
+    if src is not None and not isinstance(src, Tensor) and np.ndim(src) == 0:
+        src, value = None, src  # x.scatter(dim, index, 2.5): PyTorch's scalar form
     if src is None:
         src = Tensor._make(np.full(idx.shape, value, dtype=x.data.dtype))
     src = as_tensor(src)
     if reduce == "add":
         return scatter_add(x, dim, idx, src)
     if reduce is not None:
-        raise OpError(f"scatter: reduce must be None or 'add', got {reduce!r}")
+        raise OpError(f"scatter: reduce must be None or 'add', got {reduce!r} (for other "
+                      "reductions compute them out of place, e.g. with index_put or where)")
     d = norm_dim(dim, x.ndim, "scatter")
-    _check_range(idx, x.shape[d], "scatter", dim)
-    if idx.shape != src.shape:
-        src = src[tuple(slice(0, n) for n in idx.shape)]
+    src = _scatter_src(x, d, idx, src, "scatter")
     template = _gather_template(idx.shape, d)
     ones = Tensor._make(np.ones(idx.shape, dtype=np.bool_))
     mask = index_put(ones, (idx,), template, x.shape, accumulate=False)
@@ -300,5 +362,5 @@ def take(x, index):
 def nonzero(x, as_tuple=False):
     a = as_tensor(x).data
     if as_tuple:
-        return tuple(Tensor._make(i.astype(np.int64)) for i in a.nonzero())
+        return tuple(Tensor._make(i.astype(np.int64)) for i in np.atleast_1d(a).nonzero())
     return Tensor._make(np.argwhere(a).astype(np.int64))
