@@ -7,6 +7,7 @@ import string
 import numpy as np
 
 from ..errors import OpError, ShapeError
+from ..tensor import Tensor
 from .helpers import NO_ATTRS, as_tensor, broadcast_shapes, pair
 from .registry import apply, primitive
 
@@ -21,7 +22,13 @@ def _matmul_infer(a, b):
         raise ShapeError(f"matmul: shapes {sa} and {sb} cannot be multiplied: {ka} != {kb} "
                          f"(the last dim of the first must equal the "
                          f"{'only' if len(sb) == 1 else 'second-to-last'} dim of the second)")
-    batch = broadcast_shapes(sa[:-2], sb[:-2], op="matmul") if len(sa) > 2 or len(sb) > 2 else ()
+    batch = ()
+    if len(sa) > 2 or len(sb) > 2:
+        try:
+            batch = broadcast_shapes(sa[:-2], sb[:-2], op="matmul")
+        except ShapeError as e:
+            raise ShapeError(f"matmul: the batch dims of shapes {sa} and {sb} cannot be "
+                             f"broadcast: {str(e).split(': ', 2)[-1]}") from None
     out = batch + (sa[-2:-1] if len(sa) > 1 else ()) + (sb[-1:] if len(sb) > 1 else ())
     return out, a.np_dtype
 
@@ -96,7 +103,8 @@ ger = outer
 # ---- einsum ---------------------------------------------------------------------------
 
 def _parse_einsum(equation, shapes):
-    """Equation with '...' spelled out as letters and an explicit output, e.g. 'bij,bjk->bik'."""
+    """(equation with '...' spelled out as letters and an explicit output, e.g.
+    'bij,bjk->bik'; the size of every letter). Size-1 dims broadcast, as in PyTorch."""
     eq = equation.replace(" ", "")
     lhs, arrow, rhs = eq.partition("->")
     ins = lhs.split(",")
@@ -127,32 +135,46 @@ def _parse_einsum(equation, shapes):
     sizes = {}
     for term, shape in zip(expanded, shapes):
         for c, n in zip(term, shape):
-            if sizes.setdefault(c, n) != n:
-                raise ShapeError(f"einsum: subscript {c!r} has size {sizes[c]} in one operand and "
+            old = sizes.setdefault(c, n)
+            if old != n and 1 not in (old, n):
+                raise ShapeError(f"einsum: subscript {c!r} has size {old} in one operand and "
                                  f"{n} in another ({equation!r} with shapes "
-                                 f"{[tuple(s) for s in shapes]})")
-    return ",".join(expanded) + "->" + out
+                                 f"{[tuple(s) for s in shapes]}); sizes must match or be 1")
+            sizes[c] = max(old, n) if 0 not in (old, n) else 0
+    return ",".join(expanded) + "->" + out, sizes
 
 
 def _einsum_vjp(g, out, needs, *ops, equation):
     lhs, out_sub = equation.split("->")
     ins = lhs.split(",")
+    fresh = iter(c for c in string.ascii_letters if c not in equation)
     grads = []
     for i, (need, term) in enumerate(zip(needs, ins)):
         if not need:
             grads.append(None)
             continue
-        if len(set(term)) != len(term):
-            raise OpError(f"einsum: the gradient for an operand with a repeated subscript "
-                          f"({term!r} in {equation!r}) is not supported")
+        shape = ops[i].shape
+        size = dict(zip(term, shape))
+        uniq = "".join(dict.fromkeys(term))  # each letter once, in order
         others = [(t, o) for j, (t, o) in enumerate(zip(ins, ops)) if j != i]
         avail = set(out_sub).union(*[set(t) for t, _ in others])
-        kept = "".join(c for c in term if c in avail)
-        sub = ",".join([out_sub] + [t for t, _ in others]) + "->" + kept
-        gi = einsum(sub, g, *[o for _, o in others])
-        if kept != term:  # letters only this operand had were summed away: broadcast back
-            shape = [ops[i].shape[k] if c in avail else 1 for k, c in enumerate(term)]
-            gi = gi.reshape(tuple(shape)).expand(ops[i].shape)
+        kept = "".join(c for c in uniq if c in avail)
+        gi = einsum(",".join([out_sub] + [t for t, _ in others]) + "->" + kept, g,
+                    *[o for _, o in others])
+        if kept != uniq:  # letters only this operand had were summed away: broadcast back
+            gi = gi.reshape(tuple(size[c] if c in avail else 1 for c in uniq))
+            gi = gi.expand(tuple(size[c] for c in uniq))
+        if uniq != term:  # a repeated letter reads a diagonal: write gi back onto it
+            renamed, deltas = "", []
+            for k, c in enumerate(term):
+                if c in term[:k]:
+                    f = next(fresh)
+                    renamed += f
+                    deltas.append((c + f, np.eye(size[c], dtype=gi.data.dtype)))
+                else:
+                    renamed += c
+            gi = einsum(",".join([uniq] + [d for d, _ in deltas]) + "->" + renamed, gi,
+                        *[Tensor._make(e) for _, e in deltas])
         grads.append(gi)
     return grads
 
@@ -181,7 +203,12 @@ def einsum(equation, *operands):
 
         rt = result_type([o.data.dtype for o in ops], [o.ndim for o in ops])
         ops = [cast(o, rt) for o in ops]
-    eq = _parse_einsum(equation, [o.shape for o in ops])
+    eq, sizes = _parse_einsum(equation, [o.shape for o in ops])
+    terms = eq.split("->")[0].split(",")
+    for k, (term, o) in enumerate(zip(terms, ops)):  # broadcast size-1 dims (a view)
+        full = tuple(sizes[c] for c in term)
+        if full != o.shape:
+            ops[k] = o.expand(full)
     return apply(EINSUM, tuple(ops), {"equation": eq})
 
 
