@@ -41,7 +41,7 @@ def test_matmul_integer_and_rmatmul():
     b = np.arange(12, dtype=np.int64).reshape(3, 4)
     check(lambda a, b: a @ b, lambda a, b: a @ b, [a, b])
     x = em.tensor([[1.0, 2.0]])
-    out = np.array([[1.0], [1.0]], np.float32).T.__matmul__(x.T) if False else [[1.0, 2.0]] @ x.T
+    out = [[1.0, 2.0]] @ x.T  # __rmatmul__
     assert isinstance(out, em.Tensor) and out.tolist() == [[5.0]]
 
 
@@ -53,7 +53,7 @@ def test_matmul_error_names_op_and_shapes():
         assert part in msg, msg
     with pytest.raises(em.ShapeError, match=r"matmul: shapes \(4,\) and \(3,\) cannot be multiplied: 4 != 3"):
         em.ones(4) @ em.ones(3)
-    with pytest.raises(em.ShapeError, match=r"matmul: .*\(2, 3, 4\) and \(3, 4, 5\).*dimension -1"):
+    with pytest.raises(em.ShapeError, match=r"matmul: shapes \(2, 3, 4\) and \(3, 4, 5\) .* batch dims \(2,\) and \(3,\)"):
         em.ones(2, 3, 4) @ em.ones(3, 4, 5)
     with pytest.raises(em.ShapeError, match="at least 1 dim"):
         em.tensor(2.0) @ em.ones(2)

@@ -26,9 +26,10 @@ def _matmul_infer(a, b):
     if len(sa) > 2 or len(sb) > 2:
         try:
             batch = broadcast_shapes(sa[:-2], sb[:-2], op="matmul")
-        except ShapeError as e:
-            raise ShapeError(f"matmul: the batch dims of shapes {sa} and {sb} cannot be "
-                             f"broadcast: {str(e).split(': ', 2)[-1]}") from None
+        except ShapeError:
+            raise ShapeError(f"matmul: shapes {sa} and {sb} cannot be multiplied: their batch "
+                             f"dims {sa[:-2]} and {sb[:-2]} cannot be broadcast (sizes must "
+                             "match or be 1)") from None
     out = batch + (sa[-2:-1] if len(sa) > 1 else ()) + (sb[-1:] if len(sb) > 1 else ())
     return out, a.np_dtype
 
