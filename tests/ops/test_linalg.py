@@ -53,7 +53,8 @@ def test_matmul_error_names_op_and_shapes():
         assert part in msg, msg
     with pytest.raises(em.ShapeError, match=r"matmul: shapes \(4,\) and \(3,\) cannot be multiplied: 4 != 3"):
         em.ones(4) @ em.ones(3)
-    with pytest.raises(em.ShapeError, match=r"matmul: shapes \(2, 3, 4\) and \(3, 4, 5\) .* batch dims \(2,\) and \(3,\)"):
+    with pytest.raises(em.ShapeError,
+                       match=r"matmul: shapes \(2, 3, 4\) and \(3, 4, 5\) .* batch dims \(2,\) and \(3,\)"):
         em.ones(2, 3, 4) @ em.ones(3, 4, 5)
     with pytest.raises(em.ShapeError, match="at least 1 dim"):
         em.tensor(2.0) @ em.ones(2)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import OpError, ShapeError
 from .helpers import as_tensor, floating, norm_dim
-from .registry import apply, primitive
+from .registry import Meta, apply, primitive
 
 
 def _softmax_np(x, dim):
@@ -119,6 +119,9 @@ def _unfold_infer(x, kernel, dilation, padding, stride):
 
 
 def _fold_infer(cols, output_size, kernel, dilation, padding, stride):
+    if len(cols.shape) != 3:
+        raise ShapeError(f"fold: expects a 3-D input (N, C*kh*kw, L), got shape "
+                         f"{tuple(cols.shape)}")
     n, ckk, l_ = cols.shape
     kk = kernel[0] * kernel[1]
     ho = conv_out_size(output_size[0], kernel[0], stride[0], padding[0], dilation[0])
@@ -152,20 +155,34 @@ def _pair(v, name):
 
 
 def unfold(x, kernel_size, dilation=1, padding=0, stride=1):
-    """Sliding local blocks (im2col): (N, C, H, W) -> (N, C*kh*kw, L), as torch's F.unfold."""
+    """Sliding local blocks (im2col): (N, C, H, W) -> (N, C*kh*kw, L), as torch's F.unfold.
+    An unbatched (C, H, W) input gives (C*kh*kw, L)."""
     x = as_tensor(x)
     attrs = {"kernel": _pair(kernel_size, "kernel_size"), "dilation": _pair(dilation, "dilation"),
              "padding": _pair(padding, "padding"), "stride": _pair(stride, "stride")}
+    if x.ndim not in (3, 4):
+        raise ShapeError(f"unfold: expects a 3-D (C, H, W) or 4-D (N, C, H, W) input, got shape "
+                         f"{x.shape}")
+    if x.ndim == 3:
+        return unfold(x.unsqueeze(0), kernel_size, dilation, padding, stride).squeeze(0)
+    _unfold_infer(Meta(x.shape, x.data.dtype), **attrs)  # reject kernels that do not fit
     return apply(UNFOLD, (x,), attrs)
 
 
 def fold(x, output_size, kernel_size, dilation=1, padding=0, stride=1):
-    """Sum sliding blocks back into an image (col2im): (N, C*kh*kw, L) -> (N, C, H, W)."""
+    """Sum sliding blocks back into an image (col2im): (N, C*kh*kw, L) -> (N, C, H, W).
+    An unbatched (C*kh*kw, L) input gives (C, H, W)."""
     x = as_tensor(x)
     attrs = {"output_size": _pair(output_size, "output_size"),
              "kernel": _pair(kernel_size, "kernel_size"),
              "dilation": _pair(dilation, "dilation"), "padding": _pair(padding, "padding"),
              "stride": _pair(stride, "stride")}
+    if x.ndim not in (2, 3):
+        raise ShapeError(f"fold: expects a 2-D (C*kh*kw, L) or 3-D (N, C*kh*kw, L) input, got "
+                         f"shape {x.shape}")
+    if x.ndim == 2:
+        return fold(x.unsqueeze(0), output_size, kernel_size, dilation, padding, stride).squeeze(0)
+    _fold_infer(Meta(x.shape, x.data.dtype), **attrs)
     return apply(FOLD, (x,), attrs)
 
 
