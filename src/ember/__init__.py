@@ -182,21 +182,26 @@ half = float16
 long = int64
 
 # Heavier subpackages load on first attribute access: `em.nn`, `em.optim`, ...
-_LAZY = {"nn", "optim", "data", "autograd", "layers", "callbacks", "metrics", "losses",
-         "training", "io", "utils", "jit", "compiler", "onnx", "quantize", "serve",
-         "distributed", "cli"}
+_LAZY = {"nn": "ember.nn", "optim": "ember.optim", "data": "ember.data", "layers": "ember.layers",
+         "training": "ember.training", "saving": "ember.saving", "utils": "ember.utils",
+         "callbacks": "ember.training.callbacks", "metrics": "ember.training.metrics",
+         "losses": "ember.training.losses", "cli": "ember.cli"}
 _LAZY_ATTRS = {
     "Model": ("ember.training.model", "Model"),
     "Sequential": ("ember.training.model", "Sequential"),
-    "save": ("ember.io", "save"),
-    "load": ("ember.io", "load"),
-    "load_state_dict_from": ("ember.io", "load_state_dict_from"),
+    "save": ("ember.saving", "save"),
+    "load": ("ember.saving", "load"),
+    "save_weights": ("ember.saving", "save_weights"),
+    "load_weights": ("ember.saving", "load_weights"),
+    "save_checkpoint": ("ember.saving", "save_checkpoint"),
+    "load_checkpoint": ("ember.saving", "load_checkpoint"),
+    "load_state_dict_from": ("ember.saving", "load_state_dict_from"),
 }
 
 
 def __getattr__(name):
     if name in _LAZY:
-        return importlib.import_module(f"ember.{name}")
+        return importlib.import_module(_LAZY[name])
     if name in _LAZY_ATTRS:
         mod, attr = _LAZY_ATTRS[name]
         return getattr(importlib.import_module(mod), attr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict, namedtuple
 
 import numpy as np
@@ -44,11 +45,32 @@ class Parameter(Tensor):
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
+#: every Module subclass by "module.QualName", so a saved architecture can name its classes
+#: and loading only ever instantiates classes this process has already imported
+MODULE_CLASSES: dict = {}
+
+
 class Module:
     """Base class for layers and models: assign Parameters, Modules and buffers as attributes
     and they are registered, named and found by ``parameters()``, ``state_dict()`` etc."""
 
     training: bool
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        MODULE_CLASSES[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def recording_init(self, *args, **kw):
+            # the outermost constructor call records its arguments: the architecture config
+            if "_init_args" not in self.__dict__:
+                object.__setattr__(self, "_init_args", (args, kw))
+            init(self, *args, **kw)
+
+        cls.__init__ = recording_init
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())

@@ -1,0 +1,321 @@
+"""Keras-style callbacks for ``Model.fit``: hooks at train/epoch/batch boundaries."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+
+import numpy as np
+
+
+class Callback:
+    """Override any of the ``on_*`` hooks; ``self.model`` is set by ``fit``."""
+
+    model = None
+
+    def set_model(self, model):
+        self.model = model
+
+    def on_train_begin(self, logs=None): ...
+    def on_train_end(self, logs=None): ...
+    def on_epoch_begin(self, epoch, logs=None): ...
+    def on_epoch_end(self, epoch, logs=None): ...
+    def on_train_batch_begin(self, batch, logs=None): ...
+    def on_train_batch_end(self, batch, logs=None): ...
+    def on_test_begin(self, logs=None): ...
+    def on_test_end(self, logs=None): ...
+    def on_test_batch_end(self, batch, logs=None): ...
+
+
+def _overrides(callback, hook):
+    return getattr(getattr(callback, hook), "__func__", None) is not getattr(Callback, hook)
+
+
+class CallbackList:
+    """Dispatches each hook to every callback (skipping batch hooks nobody overrides, so an
+    empty callback list costs nothing per batch)."""
+
+    def __init__(self, callbacks, model):
+        self.callbacks = list(callbacks)
+        for c in self.callbacks:
+            c.set_model(model)
+        self._batch_end = [c for c in self.callbacks if _overrides(c, "on_train_batch_end")]
+        self._batch_begin = [c for c in self.callbacks if _overrides(c, "on_train_batch_begin")]
+
+    def __getattr__(self, hook):
+        def call(*args, **kwargs):
+            for c in self.callbacks:
+                getattr(c, hook)(*args, **kwargs)
+        return call
+
+    def on_train_batch_begin(self, batch, logs=None):
+        for c in self._batch_begin:
+            c.on_train_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        for c in self._batch_end:
+            c.on_train_batch_end(batch, logs)
+
+
+class History(Callback):
+    """Records each epoch's logs: ``history.history['loss'][epoch]``."""
+
+    def __init__(self):
+        self.history = {}
+        self.epoch = []
+
+    def on_train_begin(self, logs=None):
+        self.epoch = [] if not self.epoch else self.epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for k, v in (logs or {}).items():
+            self.history.setdefault(k, []).append(v)
+
+    def plot(self, path=None, metrics=None):
+        """Draw loss/metric curves (train and validation) to ``path`` (PNG) with matplotlib."""
+        from ..utils.plotting import plot_history
+
+        return plot_history(self, path, metrics)
+
+    def __repr__(self):
+        return f"History({self.history})"
+
+
+def _fmt(logs):
+    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if isinstance(v, (int, float)))
+
+
+class ProgbarLogger(Callback):
+    """A tqdm progress bar per epoch with the running loss and metrics, and the ETA."""
+
+    def __init__(self, verbose=1):
+        self.verbose = verbose
+        self.bar = None
+        self._last = 0.0
+
+    def on_train_begin(self, logs=None):
+        self.epochs = self.model._fit_state["epochs"]
+        self.steps = self.model._fit_state["steps"]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+        if self.verbose == 1:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.steps, desc=f"Epoch {epoch + 1}/{self.epochs}", unit="step",
+                            leave=True, dynamic_ncols=True, mininterval=0.1)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        now = time.perf_counter()
+        if now - self._last > 0.1:  # formatting the postfix every batch would cost more than the step
+            self._last = now
+            self.bar.set_postfix_str(_fmt(logs or {}), refresh=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            self.bar.set_postfix_str(_fmt(logs or {}), refresh=False)
+            self.bar.close()
+            self.bar = None
+        elif self.verbose == 2:
+            print(f"Epoch {epoch + 1}/{self.epochs} - {time.perf_counter() - self._t0:.1f}s - {_fmt(logs or {})}")
+
+
+def _monitor_mode(monitor, mode):
+    if mode == "auto":
+        return "max" if any(k in monitor for k in ("acc", "auc", "precision", "recall", "f1")) else "min"
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    return mode
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` stops improving for ``patience`` epochs; optionally restore the
+    best weights seen."""
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto", baseline=None,
+                 restore_best_weights=False, start_from_epoch=0, verbose=0):
+        self.monitor, self.min_delta, self.patience = monitor, abs(min_delta), patience
+        self.mode = _monitor_mode(monitor, mode)
+        self.baseline, self.restore_best_weights = baseline, restore_best_weights
+        self.start_from_epoch, self.verbose = start_from_epoch, verbose
+        self.stopped_epoch = 0
+
+    def _improved(self, value, ref):
+        return value < ref - self.min_delta if self.mode == "min" else value > ref + self.min_delta
+
+    def on_train_begin(self, logs=None):
+        self.wait = 0
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_weights = None
+        self.best_epoch = 0
+        self.stopped_epoch = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise KeyError(f"EarlyStopping: monitor '{self.monitor}' is not among the logged values "
+                           f"{sorted(logs or {})}; pass validation data or choose another monitor")
+        if epoch < self.start_from_epoch:
+            return
+        self.wait += 1
+        if self._improved(value, self.best):
+            self.best, self.best_epoch = value, epoch
+            if self.restore_best_weights:
+                self.best_weights = {k: v.data.copy() for k, v in self.model.state_dict().items()}
+            if self.baseline is None or self._improved(value, self.baseline):
+                self.wait = 0  # only an improvement over the baseline too restarts the count
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+            if self.restore_best_weights and self.best_weights is not None:
+                self.model.load_state_dict(self.best_weights)
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: early stopping (best {self.monitor}={self.best:.4f} at "
+                      f"epoch {self.best_epoch + 1})")
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (or its weights) after each epoch; ``{epoch}`` and log keys may appear in
+    the path, e.g. ``'ckpt-{epoch:02d}-{val_loss:.3f}.ember'``. Writes are atomic."""
+
+    def __init__(self, filepath, monitor="val_loss", save_best_only=False, save_weights_only=False,
+                 mode="auto", verbose=0):
+        self.filepath, self.monitor = os.fspath(filepath), monitor
+        self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
+        self.mode = _monitor_mode(monitor, mode)
+        self.verbose = verbose
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        path = self.filepath.format(epoch=epoch + 1, **logs)
+        if self.save_best_only:
+            value = logs.get(self.monitor)
+            if value is None:
+                raise KeyError(f"ModelCheckpoint: monitor '{self.monitor}' is not among the logged "
+                               f"values {sorted(logs)}")
+            better = value < self.best if self.mode == "min" else value > self.best
+            if not better:
+                return
+            self.best = value
+        if self.save_weights_only:
+            self.model.save_weights(path)
+        else:
+            self.model.save(path)
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: saved model to {path}")
+
+
+class LearningRateScheduler(Callback):
+    """Set the learning rate at each epoch start: ``schedule(epoch, lr) -> new lr``."""
+
+    def __init__(self, schedule, verbose=0):
+        self.schedule, self.verbose = schedule, verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        opt = self.model.optimizer
+        lr = float(self.schedule(epoch, opt.param_groups[0]["lr"]))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: learning rate {lr:.6g}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = self.model.optimizer.param_groups[0]["lr"]
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` after ``patience`` epochs without improvement."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, mode="auto", min_delta=1e-4,
+                 cooldown=0, min_lr=0.0, verbose=0):
+        if factor >= 1.0:
+            raise ValueError(f"ReduceLROnPlateau: factor must be < 1, got {factor}")
+        self.monitor, self.factor, self.patience = monitor, factor, patience
+        self.mode = _monitor_mode(monitor, mode)
+        self.min_delta, self.cooldown, self.min_lr, self.verbose = min_delta, cooldown, min_lr, verbose
+
+    def on_train_begin(self, logs=None):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        value = logs.get(self.monitor)
+        if value is None:
+            raise KeyError(f"ReduceLROnPlateau: monitor '{self.monitor}' is not among the logged "
+                           f"values {sorted(logs)}")
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        better = value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+        if better:
+            self.best, self.wait = value, 0
+        elif self.cooldown_counter <= 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                for g in self.model.optimizer.param_groups:
+                    g["lr"] = max(g["lr"] * self.factor, self.min_lr)
+                self.cooldown_counter, self.wait = self.cooldown, 0
+                if self.verbose:
+                    print(f"Epoch {epoch + 1}: reducing learning rate to "
+                          f"{self.model.optimizer.param_groups[0]['lr']:.6g}")
+        logs["learning_rate"] = self.model.optimizer.param_groups[0]["lr"]
+
+
+class CSVLogger(Callback):
+    """Append each epoch's logs as a row of a CSV file."""
+
+    def __init__(self, filename, separator=",", append=False):
+        self.filename, self.separator, self.append = os.fspath(filename), separator, append
+        self.keys = None
+
+    def on_train_begin(self, logs=None):
+        exists = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename) > 0
+        self.file = open(self.filename, "a" if self.append else "w", newline="")
+        self.writer = None
+        if exists:
+            with open(self.filename) as f:
+                header = f.readline().strip()
+            self.keys = header.split(self.separator)[1:] if header else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.keys is None:
+            self.keys = sorted(logs)
+        if self.writer is None:
+            self.writer = csv.writer(self.file, delimiter=self.separator)
+            if self.file.tell() == 0:
+                self.writer.writerow(["epoch"] + self.keys)
+        self.writer.writerow([epoch] + [logs.get(k, "") for k in self.keys])
+        self.file.flush()
+
+    def on_train_end(self, logs=None):
+        self.file.close()
+
+
+class TerminateOnNaN(Callback):
+    """Stop training as soon as the loss becomes NaN or infinite."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            print(f"Batch {batch}: invalid loss {loss}, terminating training")
+            self.model.stop_training = True
+
+
+class LambdaCallback(Callback):
+    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None, on_train_end=None,
+                 on_train_batch_begin=None, on_train_batch_end=None):
+        for name, fn in list(locals().items()):
+            if name != "self" and fn is not None:
+                setattr(self, name, fn)

@@ -1,0 +1,335 @@
+"""The Keras-style loops behind ``Model.compile/fit/evaluate/predict``.
+
+The per-batch path is kept as close as possible to a hand-written PyTorch loop: slicing
+arrays, forward, loss, backward, optimizer step, and metric counts on NumPy arrays. Logs for
+the progress bar are formatted at most ten times a second.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..autograd.engine import no_grad
+from ..tensor import Tensor
+from . import losses as losses_mod
+from . import metrics as metrics_mod
+from .callbacks import CallbackList, History, ProgbarLogger
+
+_OPTIMIZERS = {  # Keras's default hyperparameters for optimizers given by name
+    "adam": ("Adam", {"lr": 1e-3}),
+    "adamw": ("AdamW", {"lr": 1e-3, "weight_decay": 0.004}),
+    "sgd": ("SGD", {"lr": 0.01}),
+    "rmsprop": ("RMSprop", {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7}),
+    "adagrad": ("Adagrad", {"lr": 1e-3, "initial_accumulator_value": 0.1, "eps": 1e-7}),
+}
+
+
+# ---- compile ------------------------------------------------------------------------------
+
+def compile(model, optimizer, loss, metrics, jit_compile):
+    from .. import optim
+
+    if jit_compile:
+        raise NotImplementedError("compile(jit_compile=True) needs ember's graph compiler (em.jit), "
+                                  "which this version does not include yet; use jit_compile=False")
+    if loss is None:
+        raise ValueError("compile: a loss is required, e.g. loss='sparse_categorical_crossentropy' "
+                         "(probabilities) or loss='cross_entropy' (logits, PyTorch style)")
+    if isinstance(optimizer, str):
+        if optimizer.lower() not in _OPTIMIZERS:
+            raise ValueError(f"compile: unknown optimizer {optimizer!r}; expected one of "
+                             f"{sorted(_OPTIMIZERS)} or an ember Optimizer instance")
+        opt_spec, opt = optimizer.lower(), None
+    elif isinstance(optimizer, optim.Optimizer):
+        opt_spec, opt = None, optimizer
+    else:
+        raise TypeError(f"compile: optimizer must be a name or an ember Optimizer, got "
+                        f"{type(optimizer).__name__}")
+    loss_obj = losses_mod.get(loss)
+    metric_objs = [metrics_mod.get(m, loss_obj) for m in (metrics or [])]
+    names = [m.name for m in metric_objs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"compile: metric names must be unique, got {names}")
+    object.__setattr__(model, "compiled", SimpleNamespace(loss=loss_obj, metrics=metric_objs, optimizer_spec=opt_spec))
+    object.__setattr__(model, "optimizer", opt)
+    model._ensure_built()
+    if opt is None and not model._unbuilt_layers():
+        _optimizer(model)
+
+
+def _optimizer(model):
+    """The model's optimizer, created on first use for a name (after lazy layers are built)."""
+    opt = model.optimizer
+    if opt is None:
+        from .. import optim
+
+        cls_name, kw = _OPTIMIZERS[model.compiled.optimizer_spec]
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = getattr(optim, cls_name)(params, **kw)
+        object.__setattr__(model, "optimizer", opt)
+    return opt
+
+
+def _require_compiled(model, what):
+    if getattr(model, "compiled", None) is None:
+        raise RuntimeError(f"{what}: call model.compile(optimizer=..., loss=...) first")
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+def _float_dtype(model):
+    p = next(iter(model.parameters()), None)
+    return p.data.dtype if p is not None and p.data.dtype.kind == "f" else np.dtype(np.float32)
+
+
+def _as_array(a, float_dtype):
+    if a is None:
+        return None
+    if isinstance(a, (tuple, list)) and a and not np.isscalar(a[0]) and hasattr(a[0], "__len__") and \
+            isinstance(a[0], (Tensor, np.ndarray)):
+        return tuple(_as_array(v, float_dtype) for v in a)
+    arr = a.data if isinstance(a, Tensor) else np.asarray(a)
+    if arr.dtype.kind == "f" and arr.dtype != float_dtype:
+        arr = arr.astype(float_dtype)
+    return arr
+
+
+def _length(x):
+    return len(x[0]) if isinstance(x, tuple) else len(x)
+
+
+def _take(x, idx):
+    if isinstance(x, tuple):
+        return tuple(Tensor._make(v[idx]) for v in x)
+    return Tensor._make(x[idx])
+
+
+class ArrayBatches:
+    """Batches of in-memory arrays; shuffled per epoch with ember's global generator."""
+
+    def __init__(self, x, y, batch_size, shuffle):
+        self.x, self.y, self.batch_size, self.shuffle = x, y, int(batch_size), shuffle
+        self.n = _length(x)
+        if y is not None and len(y) != self.n:
+            raise ValueError(f"x has {self.n} samples but y has {len(y)}; they must match")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+    def __len__(self):
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self):
+        from ..random import default_generator
+
+        order = default_generator.np.permutation(self.n) if self.shuffle else None
+        for start in range(0, self.n, self.batch_size):
+            idx = slice(start, start + self.batch_size) if order is None else order[start:start + self.batch_size]
+            yield _take(self.x, idx), (None if self.y is None else Tensor._make(self.y[idx]))
+
+
+def _adapt(x, y, batch_size, shuffle, float_dtype):
+    """(batches, n_samples or None) for arrays/tensors or any iterable of (x, y) batches."""
+    if isinstance(x, (np.ndarray, Tensor, list)) or (isinstance(x, tuple) and y is not None):
+        xs, ys = _as_array(x, float_dtype), _as_array(y, float_dtype)
+        return ArrayBatches(xs, ys, batch_size, shuffle)
+    if y is not None:
+        raise ValueError("y must not be given when x is a DataLoader or an iterable of (x, y) batches")
+    if hasattr(x, "__iter__"):
+        return x
+    raise TypeError(f"x must be an array, a tensor, or an iterable of batches, got {type(x).__name__}")
+
+
+def _split_batch(batch):
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 2:
+            return batch[0], batch[1]
+        if len(batch) == 1:
+            return batch[0], None
+    if isinstance(batch, dict) and "x" in batch:
+        return batch["x"], batch.get("y")
+    return batch, None
+
+
+def _as_tensor(v):
+    if v is None or isinstance(v, Tensor):
+        return v
+    if isinstance(v, tuple):
+        return tuple(_as_tensor(t) for t in v)
+    return Tensor._make(np.asarray(v))
+
+
+def _call(model, x):
+    return model(*x) if isinstance(x, tuple) else model(x)
+
+
+def _batch_size(x):
+    return len(x[0]) if isinstance(x, tuple) else len(x)
+
+
+# ---- steps ------------------------------------------------------------------------------------
+
+def default_train_step(model, x, y):
+    y_pred = _call(model, x)
+    loss = model.compiled.loss(y, y_pred)
+    opt = _optimizer(model)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss, y_pred
+
+
+def default_test_step(model, x, y):
+    y_pred = _call(model, x)
+    return model.compiled.loss(y, y_pred), y_pred
+
+
+def _update_metrics(metrics, y, y_pred):
+    if not metrics or y is None:
+        return
+    yt = y.data
+    yp = y_pred.data
+    for m in metrics:
+        m.update_state(yt, yp)
+
+
+# ---- fit / evaluate / predict -----------------------------------------------------------------
+
+def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuffle, callbacks, verbose,
+        initial_epoch, steps_per_epoch):
+    _require_compiled(model, "fit")
+    fdt = _float_dtype(model)
+    val = None
+    if validation_split and validation_data is None:
+        if not 0 < validation_split < 1:
+            raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
+        if not isinstance(x, (np.ndarray, Tensor, list, tuple)):
+            raise ValueError("validation_split works with array inputs; pass validation_data for loaders")
+        xs, ys = _as_array(x, fdt), _as_array(y, fdt)
+        n = _length(xs)
+        cut = int(n * (1 - validation_split))
+        sl = lambda a, s: tuple(v[s] for v in a) if isinstance(a, tuple) else a[s]  # noqa: E731
+        x, y = sl(xs, slice(0, cut)), ys[:cut]
+        val = ArrayBatches(sl(xs, slice(cut, None)), ys[cut:], batch_size, False)
+    elif validation_data is not None:
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+            val = _adapt(validation_data[0], validation_data[1], batch_size, False, fdt)
+        else:  # a loader / iterable of (x, y) batches
+            val = _adapt(validation_data, None, batch_size, False, fdt)
+    train = _adapt(x, y, batch_size, shuffle, fdt)
+    try:
+        steps = len(train)
+    except TypeError:
+        steps = None
+    if steps_per_epoch is not None:
+        steps = steps_per_epoch if steps is None else min(steps, steps_per_epoch)
+
+    history = History()
+    cbs = ([ProgbarLogger(verbose)] if verbose else []) + list(callbacks or []) + [history]
+    object.__setattr__(model, "history", history)
+    object.__setattr__(model, "_fit_state", {"epochs": epochs, "steps": steps})
+    object.__setattr__(model, "stop_training", False)
+    cb = CallbackList(cbs, model)
+    metrics = model.compiled.metrics
+    show_metrics = verbose == 1
+    cb.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        model.train()
+        for m in metrics:
+            m.reset_state()
+        cb.on_epoch_begin(epoch)
+        total, count, last_shown = 0.0, 0, 0.0
+        for step, batch in enumerate(train):
+            if steps is not None and step >= steps:
+                break
+            xb, yb = _split_batch(batch)
+            xb, yb = _as_tensor(xb), _as_tensor(yb)
+            cb.on_train_batch_begin(step)
+            loss, y_pred = model.train_step(xb, yb)
+            n = _batch_size(xb)
+            total += float(loss.data) * n
+            count += n
+            _update_metrics(metrics, yb, y_pred)
+            logs = {"loss": total / count}
+            if show_metrics and metrics:
+                now = time.perf_counter()
+                if now - last_shown > 0.1:
+                    last_shown = now
+                    logs.update((m.name, m.result()) for m in metrics)
+            cb.on_train_batch_end(step, logs)
+            if model.stop_training:
+                break
+        if count == 0:
+            raise ValueError("fit: the training data produced no batches")
+        epoch_logs = {"loss": total / count}
+        epoch_logs.update((m.name, m.result()) for m in metrics)
+        if val is not None:
+            val_logs = _evaluate_batches(model, val)
+            epoch_logs.update(("val_" + k, v) for k, v in val_logs.items())
+        cb.on_epoch_end(epoch, epoch_logs)
+        if model.stop_training:
+            break
+    cb.on_train_end()
+    return history
+
+
+def _evaluate_batches(model, batches, verbose=0):
+    model.eval()
+    metrics = model.compiled.metrics
+    for m in metrics:
+        m.reset_state()
+    total, count = 0.0, 0
+    bar = None
+    if verbose:
+        from tqdm.auto import tqdm
+
+        try:
+            total_steps = len(batches)
+        except TypeError:
+            total_steps = None
+        bar = tqdm(total=total_steps, desc="evaluate", unit="step", leave=True, dynamic_ncols=True)
+    with no_grad():
+        for batch in batches:
+            xb, yb = _split_batch(batch)
+            xb, yb = _as_tensor(xb), _as_tensor(yb)
+            loss, y_pred = model.test_step(xb, yb)
+            n = _batch_size(xb)
+            total += float(loss.data) * n
+            count += n
+            _update_metrics(metrics, yb, y_pred)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    if count == 0:
+        raise ValueError("evaluate: the data produced no batches")
+    logs = {"loss": total / count}
+    logs.update((m.name, m.result()) for m in metrics)
+    return logs
+
+
+def evaluate(model, x, y, batch_size, verbose, return_dict):
+    _require_compiled(model, "evaluate")
+    logs = _evaluate_batches(model, _adapt(x, y, batch_size, False, _float_dtype(model)), verbose)
+    return logs if return_dict else list(logs.values())
+
+
+def predict(model, x, batch_size, verbose):
+    model.eval()
+    fdt = _float_dtype(model)
+    if isinstance(x, (np.ndarray, Tensor, list)) or isinstance(x, tuple):
+        batches = ArrayBatches(_as_array(x, fdt), None, batch_size, False)
+    else:
+        batches = x
+    outs = []
+    with no_grad():
+        for batch in batches:
+            xb, _ = _split_batch(batch)
+            out = _call(model, _as_tensor(xb))
+            outs.append(out.data if isinstance(out, Tensor) else np.asarray(out))
+    if not outs:
+        raise ValueError("predict: no input batches")
+    return np.concatenate(outs, axis=0)
