@@ -51,7 +51,7 @@ class Accuracy(Metric):
     def _kind(self, y_true, y_pred):
         if self.kind in ("sparse", "categorical"):
             return "classes"
-        if self.kind == "binary" or y_pred.ndim == 0 or y_pred.shape[self.axis] == 1:
+        if self.kind == "binary" or y_pred.ndim <= 1 or y_pred.shape[self.axis] == 1:
             return "binary"
         return "classes"
 
@@ -95,10 +95,13 @@ class TopKCategoricalAccuracy(Metric):
 
 class _Confusion(Metric):
     """True/false positives/negatives: binary (thresholded) or multi-class (argmax, macro
-    average over classes)."""
+    average over classes). ``kind`` as for Accuracy: 'sparse'/'categorical' make (N, C)
+    predictions multi-class whether labels are indices or one-hot; 'binary' thresholds every
+    output (multi-label); None decides from the shapes (labels shaped like the predictions
+    are multi-label)."""
 
-    def __init__(self, threshold=0.5, axis=-1, average="macro", name=None):
-        self.threshold, self.axis, self.average = threshold, axis, average
+    def __init__(self, threshold=0.5, axis=-1, average="macro", kind=None, name=None):
+        self.threshold, self.axis, self.average, self.kind = threshold, axis, average, kind
         if name:
             self.name = name
         super().__init__()
@@ -107,7 +110,8 @@ class _Confusion(Metric):
         self.tp = self.fp = self.fn = None
 
     def update_state(self, y_true, y_pred):
-        if y_pred.ndim >= 1 and y_pred.shape[self.axis] > 1 and y_true.shape != y_pred.shape:
+        if y_pred.ndim >= 2 and y_pred.shape[self.axis] > 1 and self.kind != "binary" and \
+                (self.kind in ("sparse", "categorical") or y_true.shape != y_pred.shape):
             c = y_pred.shape[self.axis]
             pred = y_pred.argmax(self.axis).reshape(-1)
             true = _labels(y_true, y_pred, self.axis).reshape(-1).astype(np.int64)
@@ -256,7 +260,8 @@ def get(identifier, loss=None) -> Metric:
         return TopKCategoricalAccuracy(5, axis=axis, name=identifier)
     table = {"precision": Precision, "recall": Recall, "f1": F1Score, "f1_score": F1Score}
     if identifier in table:
-        return table[identifier](threshold=binary_threshold, axis=axis)
+        return table[identifier](threshold=binary_threshold, axis=axis,
+                                 kind=getattr(loss, "accuracy_kind", None))
     simple = {"mae": MeanAbsoluteError, "mean_absolute_error": MeanAbsoluteError,
               "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError, "auc": AUC}
     if identifier in simple:
