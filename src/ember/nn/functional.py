@@ -195,7 +195,9 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
     input, target = as_tensor(input), as_tensor(target)
     _check_same_shape(input, target, "binary_cross_entropy_with_logits")
     target = target.astype(input.dtype)
-    softplus_neg = ew.log1p(ew.exp(-ew.abs(input))) + ew.relu(-input)  # log(1 + exp(-x))
+    # log(1 + exp(-x)), stable for any x, with the derivative -sigmoid(-x) also at x = 0
+    # (log1p(exp(-|x|)) + relu(-x) has the same values but a zero gradient at the kink)
+    softplus_neg = ew.softplus(-input)
     if pos_weight is not None:
         log_weight = (as_tensor(pos_weight) - 1) * target + 1
         loss = (1 - target) * input + log_weight * softplus_neg
@@ -206,13 +208,19 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
     return _reduce(loss, reduction, "binary_cross_entropy_with_logits")
 
 
+def _log_clamped(p):
+    """log(p) clamped below at -100 (as PyTorch's BCE) whose gradient is 0, not 0/0 = nan,
+    at p = 0: the log only ever sees positive values."""
+    pos = p > 0
+    return ew.clamp(ew.where(pos, ew.log(ew.where(pos, p, 1.0)), -100.0), min=-100.0)
+
+
 def binary_cross_entropy(input, target, weight=None, reduction="mean"):
     """Binary cross-entropy of probabilities ``input`` (logs clamped at -100, as PyTorch)."""
     input, target = as_tensor(input), as_tensor(target)
     _check_same_shape(input, target, "binary_cross_entropy")
     target = target.astype(input.dtype)
-    loss = -(target * ew.clamp(ew.log(input), min=-100.0)
-             + (1 - target) * ew.clamp(ew.log(1 - input), min=-100.0))
+    loss = -(target * _log_clamped(input) + (1 - target) * _log_clamped(1 - input))
     if weight is not None:
         loss = loss * weight
     return _reduce(loss, reduction, "binary_cross_entropy")
@@ -504,12 +512,17 @@ def adaptive_max_pool2d(input, output_size):
     return out.squeeze(0) if unbatched else out
 
 
-def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False):
     x, unbatched = _batched(input, 3, "max_pool1d")
     out = max_pool2d(x.unsqueeze(2), (1, _tuple(kernel_size, 1, "kernel_size")[0]),
                      (1, _tuple(stride if stride is not None else kernel_size, 1, "stride")[0]),
                      (0, _tuple(padding, 1, "padding")[0]), (1, _tuple(dilation, 1, "dilation")[0]),
-                     ceil_mode).squeeze(2)
+                     ceil_mode, return_indices)
+    if return_indices:  # flat positions in a (1, L) image are positions along L
+        out, idx = out[0].squeeze(2), out[1].squeeze(2)
+        return (out.squeeze(0), idx.squeeze(0)) if unbatched else (out, idx)
+    out = out.squeeze(2)
     return out.squeeze(0) if unbatched else out
 
 
@@ -658,7 +671,12 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
             scores = ix.masked_fill(scores, ew.logical_not(m), -np.inf)
         else:
             scores = scores + m
-    attn = softmax(scores, -1)
+        # a query whose every key is masked attends to nothing: its output (and gradient) is
+        # 0, not softmax's 0/0 = nan, as PyTorch's SDPA does (padding rows stay harmless)
+        dead = rd.all(ew.eq(scores, -np.inf), -1, keepdim=True)
+        attn = ew.where(dead, 0.0, softmax(ew.where(dead, 0.0, scores), -1))
+    else:
+        attn = softmax(scores, -1)
     if dropout_p:
         attn = dropout(attn, dropout_p)
     return matmul(attn, v)
