@@ -20,8 +20,8 @@ from . import metrics as metrics_mod
 from .callbacks import CallbackList, History, ProgbarLogger
 
 _OPTIMIZERS = {  # Keras's default hyperparameters for optimizers given by name
-    "adam": ("Adam", {"lr": 1e-3}),
-    "adamw": ("AdamW", {"lr": 1e-3, "weight_decay": 0.004}),
+    "adam": ("Adam", {"lr": 1e-3, "eps": 1e-7}),
+    "adamw": ("AdamW", {"lr": 1e-3, "weight_decay": 0.004, "eps": 1e-7}),
     "sgd": ("SGD", {"lr": 0.01}),
     "rmsprop": ("RMSprop", {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7}),
     "adagrad": ("Adagrad", {"lr": 1e-3, "initial_accumulator_value": 0.1, "eps": 1e-7}),
@@ -131,9 +131,24 @@ class ArrayBatches:
             yield _take(self.x, idx), (None if self.y is None else Tensor._make(self.y[idx]))
 
 
+def _is_batch_list(x):
+    """A list of batches, [(x, y), ...] or [{"x": ..}, ...], rather than array data or a list
+    of arrays (one per model input)."""
+    if not isinstance(x, list) or not x:
+        return False
+    first = x[0]
+    return isinstance(first, dict) or (isinstance(first, (tuple, list)) and len(first) > 0 and
+                                       all(isinstance(v, (Tensor, np.ndarray)) for v in first))
+
+
+def _is_arrays(x, y):
+    return isinstance(x, (np.ndarray, Tensor)) or (isinstance(x, list) and not _is_batch_list(x)) or \
+        (isinstance(x, tuple) and y is not None)
+
+
 def _adapt(x, y, batch_size, shuffle, float_dtype):
-    """(batches, n_samples or None) for arrays/tensors or any iterable of (x, y) batches."""
-    if isinstance(x, (np.ndarray, Tensor, list)) or (isinstance(x, tuple) and y is not None):
+    """Batches for arrays/tensors (with y) or any iterable of (x, y) batches."""
+    if _is_arrays(x, y):
         xs, ys = _as_array(x, float_dtype), _as_array(y, float_dtype)
         return ArrayBatches(xs, ys, batch_size, shuffle)
     if y is not None:
@@ -320,7 +335,7 @@ def evaluate(model, x, y, batch_size, verbose, return_dict):
 def predict(model, x, batch_size, verbose):
     model.eval()
     fdt = _float_dtype(model)
-    if isinstance(x, (np.ndarray, Tensor, list)) or isinstance(x, tuple):
+    if _is_arrays(x, None) or isinstance(x, tuple):
         batches = ArrayBatches(_as_array(x, fdt), None, batch_size, False)
     else:
         batches = x
