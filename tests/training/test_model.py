@@ -144,8 +144,9 @@ def test_validation_split_holds_out_the_last_samples_and_validation_data_is_repo
 
     hist = model.fit(X[:50], Y[:50], epochs=2, validation_data=(X[50:], Y[50:]), verbose=0).history
     assert model.evaluate(X[50:], Y[50:])["loss"] == hist["val_loss"][-1]
-    hist = model.fit(X[:50], Y[:50], epochs=1, validation_data=Loader(X[50:], Y[50:], 7), verbose=0).history
-    assert model.evaluate(X[50:], Y[50:])["loss"] == pytest.approx(hist["val_loss"][-1], rel=1e-6)
+    for val in (Loader(X[50:], Y[50:], 7), [(X[50:60], Y[50:60]), (X[60:], Y[60:])]):
+        hist = model.fit(X[:50], Y[:50], epochs=1, validation_data=val, verbose=0).history
+        assert model.evaluate(X[50:], Y[50:])["loss"] == pytest.approx(hist["val_loss"][-1], rel=1e-6)
 
 
 # loss name -> (model, y) for a one-step training check
@@ -302,6 +303,8 @@ ERRORS = [
      "y must not be given"),
     ("bad validation_split", lambda: _compiled().fit(X, Y, validation_split=1.5, verbose=0), ValueError,
      r"validation_split must be in \(0, 1\)"),
+    ("validation_split with a loader", lambda: _compiled().fit(Loader(X, Y, 8), validation_split=0.2, verbose=0),
+     ValueError, "pass validation_data"),
     ("an exhausted generator", lambda: _compiled().fit(iter([(X, Y)]), epochs=2, verbose=0), ValueError,
      "produced no batches"),
 ]

@@ -221,7 +221,7 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
     if validation_split and validation_data is None:
         if not 0 < validation_split < 1:
             raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
-        if not isinstance(x, (np.ndarray, Tensor, list, tuple)):
+        if not _is_arrays(x, y):
             raise ValueError("validation_split works with array inputs; pass validation_data for loaders")
         xs, ys = _as_array(x, fdt), _as_array(y, fdt)
         n = _length(xs)
@@ -230,7 +230,8 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
         x, y = sl(xs, slice(0, cut)), ys[:cut]
         val = ArrayBatches(sl(xs, slice(cut, None)), ys[cut:], batch_size, False)
     elif validation_data is not None:
-        if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2 and \
+                not _is_batch_list(validation_data):
             val = _adapt(validation_data[0], validation_data[1], batch_size, False, fdt)
         else:  # a loader / iterable of (x, y) batches
             val = _adapt(validation_data, None, batch_size, False, fdt)
