@@ -382,6 +382,27 @@ def test_pool_errors():
         F.max_pool2d(em.ones(1, 1, 2, 2), 3)
 
 
+EMPTY_CASES = [  # zero-size batches and sequences go through like any other input
+    ("conv2d", lambda x: P(x).conv2d(x, T(x).ones(4, 3, 3, 3)), (0, 3, 5, 5)),
+    ("conv2d_groups", lambda x: P(x).conv2d(x, T(x).ones(4, 1, 3, 3), groups=2, padding=1), (0, 2, 5, 5)),
+    ("conv_transpose2d", lambda x: P(x).conv_transpose2d(x, T(x).ones(3, 2, 3, 3)), (0, 3, 5, 5)),
+    ("max_pool2d", lambda x: P(x).max_pool2d(x, 2, padding=1), (0, 3, 4, 4)),
+    ("avg_pool2d", lambda x: P(x).avg_pool2d(x, 2, padding=1, count_include_pad=False), (0, 3, 4, 4)),
+    ("adaptive_avg_pool2d", lambda x: P(x).adaptive_avg_pool2d(x, 3), (0, 3, 5, 4)),
+    ("layer_norm", lambda x: P(x).layer_norm(x, (4,)), (0, 4)),
+    ("group_norm", lambda x: P(x).group_norm(x, 2), (0, 4, 3)),
+    ("sdpa_empty_sequence", lambda x: P(x).scaled_dot_product_attention(x, x, x), (2, 0, 4)),
+    ("cross_entropy_sum", lambda x: P(x).cross_entropy(x, T(x).zeros(0, dtype=T(x).int64),
+                                                       reduction="sum"), (0, 4)),
+    ("embedding", lambda x: P(x).embedding(T(x).zeros(0, 2, dtype=T(x).int64), x), (4, 3)),
+]
+
+
+@pytest.mark.parametrize("name,fn,shape", EMPTY_CASES, ids=[c[0] for c in EMPTY_CASES])
+def test_zero_size_inputs(name, fn, shape):
+    check(fn, fn, [shape])
+
+
 # ---- dropout ----------------------------------------------------------------------------
 
 def test_dropout():

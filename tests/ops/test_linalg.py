@@ -26,6 +26,8 @@ MATMUL_SHAPES = [
     ((0, 3), (3, 4)),          # zero-size rows
     ((3, 0), (0, 4)),          # zero-size contraction: zeros
     ((0, 2, 3), (3, 4)),       # zero-size batch
+    ((2, 3, 0), (0, 4)),       # zero-size contraction, batched @ 2-D
+    ((2, 0, 3), (3, 0)),
 ]
 
 

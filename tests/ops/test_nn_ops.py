@@ -19,7 +19,8 @@ NEG_INF = np.array([[0.5, -np.inf, 1.0, 2.0], [-np.inf, -np.inf, -np.inf, -np.in
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 @pytest.mark.parametrize("shape,dim", [((3, 4), -1), ((3, 4), 0), ((2, 3, 4), 1), ((2, 3, 4), -3),
-                                       ((5,), 0), ((1, 4), 0), ((0, 3), 1), ((2, 1, 3), 1)])
+                                       ((5,), 0), ((1, 4), 0), ((0, 3), 1), ((3, 0), 1),
+                                       ((2, 0, 3), 1), ((2, 1, 3), 1)])
 def test_softmax_matches_torch(name, shape, dim):
     for f in [lambda x: getattr(x, name)(dim), lambda x: getattr(P(x), name)(x, dim=dim)]:
         check(f, f, [shape])

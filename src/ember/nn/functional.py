@@ -20,6 +20,7 @@ from ..ops import reduce as rd
 from ..ops.helpers import as_tensor
 from ..ops.linalg import matmul
 from ..ops.nn import conv_out_size, fold, log_softmax, one_hot, softmax, unfold  # noqa: F401
+from ..ops.pooling import pool_select
 from ..tensor import Tensor
 
 # activations, re-exported under their functional names
@@ -348,7 +349,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                          f"than the padded input ({h + 2 * padding[0]}, {w + 2 * padding[1]})")
     cols = unfold(x, (kh, kw), dilation, padding, stride)  # (N, C*kh*kw, L)
     if groups == 1:
-        out = matmul(weight.reshape(o, -1), cols)  # (N, O, L)
+        out = matmul(weight.reshape(o, cg * kh * kw), cols)  # (N, O, L)
     else:
         cols = cols.reshape(n, groups, cg * kh * kw, ho * wo)
         out = matmul(weight.reshape(groups, o // groups, cg * kh * kw), cols)
@@ -428,7 +429,7 @@ def _pool_windows(x, k, s, p, d, extra, fill):
     if any(p) or any(extra):
         x = mv.pad(x, (p[1], p[1] + extra[1], p[0], p[0] + extra[0]), value=fill)
     cols = unfold(x, k, d, 0, s)
-    return cols.reshape(n, c, k[0] * k[1], -1)
+    return cols.reshape(n, c, k[0] * k[1], cols.shape[-1])  # (no -1: n may be 0)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -438,14 +439,17 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     k, s, p, d, (ho, wo), extra = _pool_geometry(x, kernel_size, stride, padding, dilation,
                                                  ceil_mode, "max_pool2d")
     n, c, h, w = x.shape
-    win = _pool_windows(x, k, s, p, d, extra, -np.inf)
-    values, arg = rd.max(win, dim=2)
-    out = values.reshape(n, c, ho, wo)
+    geometry = dict(kernel=k, stride=s, dilation=d, pads=(p[0], p[0] + extra[0], p[1], p[1] + extra[1]),
+                    out_size=(ho, wo))
+    out = pool_select(x, x, **geometry)
     if unbatched:
         out = out.squeeze(0)
     if not return_indices:
         return out
-    a = arg.data.reshape(n, c, ho, wo)
+    from ..ops.pooling import _winner
+
+    _, arg = _winner(x.data, k, s, d, geometry["pads"], (ho, wo))
+    a = arg
     ki, kj = a // k[1], a % k[1]
     rows = np.arange(ho)[:, None] * s[0] - p[0] + ki * d[0]
     cols = np.arange(wo)[None, :] * s[1] - p[1] + kj * d[1]
@@ -602,7 +606,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     n, c = x.shape[:2]
     if c % num_groups:
         raise OpError(f"group_norm: {c} channels are not divisible into {num_groups} groups")
-    g = x.reshape(n, num_groups, -1)
+    g = x.reshape(n, num_groups, x.numel() // max(n * num_groups, 1))  # (no -1: n may be 0)
     mu = rd.mean(g, 2, keepdim=True)
     centered = g - mu
     var = rd.mean(centered * centered, 2, keepdim=True)

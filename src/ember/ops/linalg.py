@@ -53,7 +53,8 @@ def _grad_b(g, out, a, b):
         return (a.mT @ g.unsqueeze(-1)).squeeze(-1)
     if b.ndim == 2 and a.ndim > 2:  # weights shared across the batch (Linear on 3-D input)
         k, m = b.shape
-        return a.reshape(-1, k).mT @ g.reshape(-1, m)
+        rows = a.numel() // k if k else int(np.prod(a.shape[:-1]))  # (no -1: sizes may be 0)
+        return a.reshape(rows, k).mT @ g.reshape(rows, m)
     return a.mT @ g
 
 

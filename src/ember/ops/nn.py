@@ -16,6 +16,8 @@ from .registry import Meta, apply, primitive
 
 
 def _softmax_np(x, dim):
+    if x.size == 0:  # (np.max has no identity for an empty dim)
+        return x.copy()
     m = np.max(x, axis=dim, keepdims=True)
     if not np.isfinite(m).all():
         m = np.where(np.isfinite(m), m, 0)
@@ -25,6 +27,8 @@ def _softmax_np(x, dim):
 
 
 def _log_softmax_np(x, dim):
+    if x.size == 0:
+        return x.copy()
     m = np.max(x, axis=dim, keepdims=True)
     if not np.isfinite(m).all():
         m = np.where(np.isfinite(m), m, 0)
