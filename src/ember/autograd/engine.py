@@ -258,7 +258,11 @@ def _detached(g, existing, given=None):
         return Tensor._make(existing.data + data)
     if given is None:
         given = set()
-    if data.base is not None or not data.flags.writeable or id(data) in given:
+    owner = data
+    while owner.base is not None:  # views (e.g. a transposed weight gradient) need no copy
+        owner = owner.base          # unless another gradient already uses the same buffer
+    if not data.flags.writeable or id(owner) in given:
         data = data.copy()
-    given.add(id(data))
+        owner = data
+    given.add(id(owner))
     return Tensor._make(data)

@@ -34,7 +34,7 @@ def _is_basic(template):
     return not any(type(e) is IndexArg or isinstance(e, np.ndarray) for e in template)
 
 
-def _infer_index(x, *idx, template):
+def _infer_index(x, *idx, template, unique=False):
     fake = tuple(np.zeros(i.shape, np.intp) for i in idx)
     return np.empty(x.shape, dtype=np.bool_)[_fill(template, fake)].shape, x.np_dtype
 
@@ -44,14 +44,15 @@ GETITEM = primitive("getitem", lambda x, template: x[template],
                     infer=_infer_index, saves=(), is_view=True)
 
 
-def _index_vjp(g, out, needs, x, *idx, template):
-    gx = index_put(g, idx, template, x.shape, True) if needs[0] else None
+def _index_vjp(g, out, needs, x, *idx, template, unique=False):
+    # ``unique``: no position is picked twice, so the scatter can assign instead of accumulate
+    gx = index_put(g, idx, template, x.shape, not unique) if needs[0] else None
     return [gx] + [None] * len(idx)
 
 
 _INDEX_INPUTS = tuple(range(1, 64))  # keep the index tensors, not the indexed values
 
-INDEX = primitive("index", lambda x, *idx, template: x[_fill(template, idx)], vjp=_index_vjp,
+INDEX = primitive("index", lambda x, *idx, template, unique=False: x[_fill(template, idx)], vjp=_index_vjp,
                   infer=_infer_index, saves=_INDEX_INPUTS)
 
 
@@ -253,7 +254,8 @@ def gather(x, dim, index):
             raise ShapeError(f"gather: index shape {idx.shape} is larger than input shape "
                              f"{x.shape} in dim {k}")
     _check_range(idx, x.shape[d], "gather", dim)
-    return apply(INDEX, (x, idx), {"template": _gather_template(idx.shape, d)})
+    # with one index per row along dim, every output reads a different input position
+    return apply(INDEX, (x, idx), {"template": _gather_template(idx.shape, d), "unique": idx.shape[d] == 1})
 
 
 def take_along_dim(x, indices, dim=None):
