@@ -161,3 +161,9 @@ def test_logical_ops():
 def test_tril_triu():
     check(lambda x: em.tril(x), torch.tril, [(4, 5)])
     check(lambda x: em.triu(x, 1), lambda x: torch.triu(x, 1), [(2, 4, 4)])
+
+
+def test_bool_inputs_keep_torch_dtypes():
+    b = np.array([[True, False, True], [False, True, True]])
+    for fn in [lambda x: x.clamp(0.5, 3.5), lambda x: x.sign(), lambda x: x.tril(), lambda x: x.triu(1)]:
+        check(fn, fn, [b])

@@ -317,7 +317,10 @@ def abs(x):  # noqa: A001
 
 
 def sign(x):
-    return apply(SIGN, (as_tensor(x),), NO_ATTRS)
+    x = as_tensor(x)
+    if x.data.dtype == np.bool_:  # sign(True) is True, as in PyTorch
+        return logical_or(x, x)
+    return apply(SIGN, (x,), NO_ATTRS)
 
 
 def floor(x):
@@ -376,7 +379,7 @@ def clamp(x, min=None, max=None):  # noqa: A002
         return x
     if min is None and max is None:
         raise OpError("clamp: at least one of min and max must be given")
-    if x.data.dtype.kind in "iu" and any(isinstance(v, float) for v in (min, max)):
+    if x.data.dtype.kind in "iub" and any(isinstance(v, float) for v in (min, max)):
         x = floating(x)
     return apply(CLAMP, (x,), {"lo": min, "hi": max})
 
@@ -449,14 +452,14 @@ def tril(x, diagonal=0):
     """Lower triangle of the last two dims (the rest set to zero)."""
     x = as_tensor(x)
     n, m = x.shape[-2], x.shape[-1]
-    return where(np.tri(n, m, diagonal, dtype=bool), x, 0)
+    return where(np.tri(n, m, diagonal, dtype=bool), x, const(0, x.data.dtype))
 
 
 def triu(x, diagonal=0):
     """Upper triangle of the last two dims (the rest set to zero)."""
     x = as_tensor(x)
     n, m = x.shape[-2], x.shape[-1]
-    return where(~np.tri(n, m, diagonal - 1, dtype=bool), x, 0)
+    return where(~np.tri(n, m, diagonal - 1, dtype=bool), x, const(0, x.data.dtype))
 
 
 BITWISE_AND = _nograd("bitwise_and", np.bitwise_and, _binary_infer("bitwise_and"))
