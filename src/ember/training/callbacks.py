@@ -126,6 +126,15 @@ class ProgbarLogger(Callback):
             print(f"Epoch {epoch + 1}/{self.epochs} - {time.perf_counter() - self._t0:.1f}s - {_fmt(logs or {})}")
 
 
+def _optimizer_of(model, who):
+    opt = model.optimizer
+    if opt is None:
+        raise RuntimeError(f"{who}: the model has no optimizer yet because its layers are built lazily "
+                           "from the first batch of a loader; start the model with em.layers.Input(shape=...) "
+                           "or call model.build(input_shape) before fit")
+    return opt
+
+
 def _monitor_mode(monitor, mode):
     if mode == "auto":
         return "max" if any(k in monitor for k in ("acc", "auc", "precision", "recall", "f1")) else "min"
@@ -174,11 +183,14 @@ class EarlyStopping(Callback):
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.model.stop_training = True
-            if self.restore_best_weights and self.best_weights is not None:
-                self.model.load_state_dict(self.best_weights)
             if self.verbose:
                 print(f"Epoch {epoch + 1}: early stopping (best {self.monitor}={self.best:.4f} at "
                       f"epoch {self.best_epoch + 1})")
+
+    def on_train_end(self, logs=None):
+        # as in Keras 3: the best weights come back whether or not training stopped early
+        if self.restore_best_weights and self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
 
 
 class ModelCheckpoint(Callback):
@@ -220,7 +232,7 @@ class LearningRateScheduler(Callback):
         self.schedule, self.verbose = schedule, verbose
 
     def on_epoch_begin(self, epoch, logs=None):
-        opt = self.model.optimizer
+        opt = _optimizer_of(self.model, "LearningRateScheduler")
         lr = float(self.schedule(epoch, opt.param_groups[0]["lr"]))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -254,6 +266,8 @@ class ReduceLROnPlateau(Callback):
         if value is None:
             raise KeyError(f"ReduceLROnPlateau: monitor '{self.monitor}' is not among the logged "
                            f"values {sorted(logs)}")
+        groups = _optimizer_of(self.model, "ReduceLROnPlateau").param_groups
+        logs["learning_rate"] = groups[0]["lr"]  # the rate this epoch trained with, as in Keras
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.wait = 0
@@ -262,14 +276,12 @@ class ReduceLROnPlateau(Callback):
             self.best, self.wait = value, 0
         elif self.cooldown_counter <= 0:
             self.wait += 1
-            if self.wait >= self.patience:
-                for g in self.model.optimizer.param_groups:
+            if self.wait >= self.patience and groups[0]["lr"] > self.min_lr:
+                for g in groups:
                     g["lr"] = max(g["lr"] * self.factor, self.min_lr)
                 self.cooldown_counter, self.wait = self.cooldown, 0
                 if self.verbose:
-                    print(f"Epoch {epoch + 1}: reducing learning rate to "
-                          f"{self.model.optimizer.param_groups[0]['lr']:.6g}")
-        logs["learning_rate"] = self.model.optimizer.param_groups[0]["lr"]
+                    print(f"Epoch {epoch + 1}: reducing learning rate to {groups[0]['lr']:.6g}")
 
 
 class CSVLogger(Callback):

@@ -236,6 +236,12 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
         else:  # a loader / iterable of (x, y) batches
             val = _adapt(validation_data, None, batch_size, False, fdt)
     train = _adapt(x, y, batch_size, shuffle, fdt)
+    if model.optimizer is None and isinstance(train, ArrayBatches) and not isinstance(train.x, tuple) \
+            and model._unbuilt_layers():
+        # build lazy layers from the data's shape now, so callbacks see the optimizer from the start
+        model.build((None,) + train.x.shape[1:], train.x.dtype.name)
+    if model.optimizer is None and not model._unbuilt_layers():
+        _optimizer(model)
     try:
         steps = len(train)
     except TypeError:
