@@ -135,6 +135,22 @@ def test_indexing_functions_match_torch(case):
     check_fd(fn, inputs)
 
 
+def test_unsupported_and_invalid_arguments_raise_clear_errors():
+    x = em.ones(2, 3)
+    with pytest.raises(em.OpError, match="scatter: reduce must be None or 'add', got 'multiply'"):
+        x.scatter(0, em.tensor([[0, 1, 0]]), em.ones(1, 3), reduce="multiply")
+    with pytest.raises(em.OpError, match="masked_fill: mask must be a bool tensor"):
+        x.masked_fill(em.ones(2, 3), 1.0)
+    with pytest.raises(em.ShapeError, match=r"gather: index has 1 dims but input has 2"):
+        x.gather(0, em.tensor([0, 1]))
+    with pytest.raises(em.OpError, match=r"gather: index values must be in \[0, 2\)"):
+        x.gather(0, em.tensor([[0, 2, 0]]))
+    with pytest.raises(em.ShapeError, match=r"scatter_add: index of shape \(1, 4\) is larger than src"):
+        x.scatter_add(0, em.tensor([[0, 1, 0, 1]]), em.ones(1, 3))
+    with pytest.raises(em.OpError, match="index_select: index must be an integer tensor"):
+        x.index_select(0, em.tensor([0.0]))
+
+
 def test_duplicate_indices_accumulate_gradients():
     x = em.ones(3, requires_grad=True)
     (x[[0, 0, 2, 0]] * em.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()

@@ -217,3 +217,5 @@ def test_shape_errors_name_the_op():
         em.ones(2, 3, 4).t()
     with pytest.raises(em.OpError, match="split: sections"):
         em.ones(2, 3).split([1, 1], 1)
+    with pytest.raises(em.OpError, match=r"view: reinterpreting .* not supported; use .to\(dtype\)"):
+        em.ones(2, 3).view(em.int32)

@@ -25,8 +25,10 @@ DIM_REDUCTIONS = {
     "norm1": lambda x, d, k: x.norm(1, d, keepdim=k),
     "norm_inf": lambda x, d, k: x.norm(float("inf"), d, keepdim=k),
     "norm3": lambda x, d, k: x.norm(3, d, keepdim=k),
+    "norm0": lambda x, d, k: x.norm(0, d, keepdim=k),
+    "norm_neginf": lambda x, d, k: x.norm(-float("inf"), d, keepdim=k),
 }
-NEEDS_ELEMENTS = {"amax", "amin", "norm_inf"}  # torch refuses to reduce an empty dim here
+NEEDS_ELEMENTS = {"amax", "amin", "norm_inf", "norm_neginf"}  # torch refuses to reduce an empty dim
 
 
 def _reduces_empty(shape, dim):
@@ -43,7 +45,7 @@ def test_dim_reductions_match_torch(name, shape, dim, keepdim):
     fn = DIM_REDUCTIONS[name]
     f = lambda x: fn(x, dim, keepdim)
     if name in NEEDS_ELEMENTS and _reduces_empty(shape, dim):
-        with pytest.raises(em.OpError, match=name.split("_")[0].replace("norm", "amax")):
+        with pytest.raises(em.OpError, match=name.split("_")[0].replace("norm", "am")):
             f(em.zeros(shape))
         return
     # amax/amin/norm_inf: inputs without ties (torch and ember split tie gradients alike,
@@ -216,6 +218,10 @@ def test_reduction_errors_name_the_op():
         em.ones(2, 3).sum((0, -2))
     with pytest.raises(em.OpError, match="argmax"):
         em.zeros(0).argmax()
+    with pytest.raises(em.OpError, match="norm: p must be a number or 'fro', got 'nuc'"):
+        em.ones(2, 2).norm("nuc")
+    with pytest.raises(em.OpError, match="norm: expects a floating-point tensor"):
+        em.arange(3).norm()
 
 
 def test_prod_cumprod_second_derivatives_with_zeros():

@@ -115,7 +115,14 @@ def reshape(x, *shape):
     return apply(RESHAPE, (x,), {"shape": shape})
 
 
-view = reshape
+def view(x, *shape):
+    """``reshape`` under PyTorch's name (ember's views need no contiguous input)."""
+    from ..dtypes import DType
+
+    if len(shape) == 1 and isinstance(shape[0], DType):
+        raise OpError(f"view: reinterpreting the bytes of a tensor as {shape[0]} (view(dtype)) is "
+                      "not supported; use .to(dtype) or .astype(dtype) for a converting copy")
+    return reshape(x, *shape)
 
 
 def permute(x, *dims):

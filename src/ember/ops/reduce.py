@@ -370,8 +370,10 @@ def norm(x, p=2, dim=None, keepdim=False):
         return amax(abs_(x), dim, keepdim)
     if p == -float("inf"):
         return amin(abs_(x), dim, keepdim)
-    if p == 0:
-        return sum(cast(x != 0, x.data.dtype), dim, keepdim)
+    if p == 0:  # the count of nonzeros; |sign| keeps it in the graph, with gradient 0
+        from .elementwise import sign
+
+        return sum(abs_(sign(x)), dim, keepdim)
     if isinstance(p, str):
         raise OpError(f"norm: p must be a number or 'fro', got {p!r} (matrix norms such as "
                       "'nuc' are not supported)")
