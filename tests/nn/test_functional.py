@@ -549,6 +549,31 @@ def test_cosine_similarity(shapes, dim):
     check_fd(f, shapes)
 
 
+OTHER_CASES = [  # the rest of ember.nn.functional: activations, other pools and norms
+    ("relu6", lambda x: P(x).relu6(x * 4), [(3, 4)]),
+    ("hardtanh", lambda x: P(x).hardtanh(x, -0.5, 0.7), [(3, 4)]),
+    ("mish", lambda x: P(x).mish(x), [(3, 4)]),
+    ("selu", lambda x: P(x).selu(x), [(3, 4)]),
+    ("hardsigmoid", lambda x: P(x).hardsigmoid(x * 4), [(3, 4)]),
+    ("hardswish", lambda x: P(x).hardswish(x * 4), [(3, 4)]),
+    ("logsigmoid", lambda x: P(x).logsigmoid(x * 10), [(3, 4)]),
+    ("softsign", lambda x: P(x).softsign(x), [(3, 4)]),
+    ("glu", lambda x: P(x).glu(x, -1), [(3, 4)]),
+    ("glu_dim0", lambda x: P(x).glu(x, 0), [(4, 3)]),
+    ("adaptive_max_pool2d", lambda x: P(x).adaptive_max_pool2d(x, (2, 3)), [(2, 3, 5, 7)]),
+    ("adaptive_avg_pool1d", lambda x: P(x).adaptive_avg_pool1d(x, 3), [(2, 3, 7)]),
+    ("instance_norm", lambda x, w, b: P(x).instance_norm(x, weight=w, bias=b), [(2, 3, 4, 4), (3,), (3,)]),
+    ("rms_norm", lambda x, w: P(x).rms_norm(x, [4], w, eps=1e-6), [(2, 3, 4), (4,)]),
+    ("bilinear", lambda a, b, w, c: P(a).bilinear(a, b, w, c), [(4, 3), (4, 2), (5, 3, 2), (5,)]),
+]
+
+
+@pytest.mark.parametrize("name,fn,shapes", OTHER_CASES, ids=[c[0] for c in OTHER_CASES])
+def test_other_functions_match_torch(name, fn, shapes):
+    check(fn, fn, shapes)
+    check_fd(fn, shapes)
+
+
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_functional_softmax(name):
     f = lambda x: getattr(P(x), name)(x, dim=1)
