@@ -71,8 +71,8 @@ def test_integer_and_bool_sums_follow_torch_dtypes():
     assert em.sum(em.ones(3), dtype=em.float64).dtype == em.float64
     with pytest.raises(em.OpError, match="mean"):
         em.arange(4).mean()
-    check(lambda x: x.mean(dtype=em.float64) if isinstance(x, em.Tensor) else x.mean(dtype=torch.float64),
-          lambda x: x.mean(dtype=torch.float64), [np.arange(6, dtype=np.int64)])
+    f = lambda x: x.mean(dtype=(em if isinstance(x, em.Tensor) else torch).float64)
+    check(f, f, [np.arange(6, dtype=np.int64)])
 
 
 WITH_ZEROS = [
