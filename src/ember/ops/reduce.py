@@ -135,6 +135,8 @@ CUMSUM = primitive("cumsum", lambda x, dim: np.cumsum(x, axis=dim, dtype=_scan_d
                    (lambda g, out, x, dim: _rev_cumsum(g, dim),),
                    infer=lambda x, dim: (x.shape, np.dtype(np.int64) if x.np_dtype.kind in "iub"
                                          else x.np_dtype), saves=())
+
+
 def _cumprod_grad(g, out, x, dim):
     """d/dx_i of sum_j g_j out_j = sum_{j>=i} g_j prod_{k<=j, k!=i} x_k, exact with zeros.
 
@@ -217,7 +219,7 @@ def _check_nonempty(x, name, dims=None):
     """Reducing over a zero-size dim has no identity for max/min; other dims may be empty."""
     if dims is None:
         dims = tuple(range(x.ndim))
-    if x.data.size == 0 and (x.ndim == 0 or not dims or builtins.any(x.shape[d] == 0 for d in dims)):
+    if x.data.size == 0 and (not dims or builtins.any(x.shape[d] == 0 for d in dims)):
         raise OpError(f"{name}: the input has no elements to reduce (shape {x.shape}, dims "
                       f"{dims}); the reduction has no identity, so it needs a non-empty dim")
 
@@ -355,7 +357,8 @@ def any(x, dim=None, keepdim=False):  # noqa: A001
 
 
 def norm(x, p=2, dim=None, keepdim=False):
-    """Vector p-norm over ``dim`` (all elements by default); p in {1, 2, inf, or a float}."""
+    """Vector p-norm over ``dim`` (all elements by default): p = 2 ('fro'), 1, inf, -inf, 0
+    (the count of nonzeros) or any other number."""
     from .elementwise import abs as abs_
 
     x = as_tensor(x)
