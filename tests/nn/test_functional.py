@@ -325,6 +325,17 @@ def test_max_pool2d_matches_torch(xs, kw):
     check(g, g, [xs])
 
 
+def test_max_pool_ties_pick_the_first_maximum_like_torch():
+    # relu outputs are full of tied zeros: value, index and gradient go to the first maximum
+    x = np.maximum(rng.standard_normal((2, 2, 6, 6)), 0).astype(np.float32)
+    x[0, 0, :2, :2] = 1.0
+    for kw in [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2, stride=1)]:
+        f = lambda x, kw=kw: P(x).max_pool2d(x, return_indices=True, **kw)
+        check(f, f, [x])
+        g = lambda x, kw=kw: P(x).max_pool1d(x[:, 0], return_indices=True, **kw)
+        check(g, g, [x])
+
+
 AVGPOOL_CASES = [
     ((2, 3, 6, 6), dict(kernel_size=2)),
     ((2, 3, 7, 6), dict(kernel_size=3, stride=2, padding=1)),
