@@ -47,6 +47,18 @@ def _auto_name(cls_name):
     return base if n == 0 else f"{base}_{n}"
 
 
+_INITIALIZERS = {"glorot_uniform", "xavier_uniform", "glorot_normal", "xavier_normal", "he_uniform",
+                 "he_normal", "orthogonal", "zeros", "ones", "uniform", "normal", "torch"}
+
+
+def _check_initializers(*initializers):
+    """Reject an unknown initializer name at construction, not at the first call."""
+    for i in initializers:
+        if not callable(i) and i not in _INITIALIZERS:
+            raise ValueError(f"unknown initializer {i!r}; expected one of {sorted(_INITIALIZERS)} or a "
+                             "callable(tensor)")
+
+
 def _initialize(tensor, initializer):
     if initializer in ("glorot_uniform", "xavier_uniform"):
         init.xavier_uniform_(tensor)
@@ -125,6 +137,7 @@ class Dense(Layer, nn.Linear):
         self._keras_init(name)
         self.units, self.use_bias = units, use_bias
         self.activation = get_activation(activation)
+        _check_initializers(kernel_initializer, bias_initializer)
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
 
     def build(self, input_shape):
@@ -163,6 +176,7 @@ class Conv2D(Layer, nn.Conv2d):
         self.dilation_rate, self.groups_ = _pair(dilation_rate), groups
         self.activation = get_activation(activation)
         self.use_bias = use_bias
+        _check_initializers(kernel_initializer, bias_initializer)
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
 
     def build(self, input_shape):
@@ -326,6 +340,7 @@ class _Recurrent(Layer):
         self._keras_init(name)
         self.units, self.return_sequences, self.return_state = units, return_sequences, return_state
         self.go_backwards = go_backwards
+        _check_initializers(kernel_initializer, recurrent_initializer)
         self.kernel_initializer, self.recurrent_initializer = kernel_initializer, recurrent_initializer
 
     def build(self, input_shape):
@@ -335,10 +350,9 @@ class _Recurrent(Layer):
         self._build_module(self._module, input_shape[-1], self.units, batch_first=True)
         with no_grad():
             _initialize(self.weight_ih_l0, self.kernel_initializer)
-            gates = self.weight_hh_l0.shape[0] // self.units
-            for g in range(gates):  # Keras initialises each gate's recurrent block separately
-                block = self.weight_hh_l0.data[g * self.units:(g + 1) * self.units]
-                _initialize(Tensor._make(block), self.recurrent_initializer)
+            # Keras initialises its whole (units, gates * units) recurrent kernel at once, so
+            # "orthogonal" gives this (gates * units, units) transpose orthonormal columns
+            _initialize(self.weight_hh_l0, self.recurrent_initializer)
             init.zeros_(self.bias_ih_l0)
             init.zeros_(self.bias_hh_l0)
             if isinstance(self, LSTM):  # unit_forget_bias
