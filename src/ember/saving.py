@@ -153,7 +153,7 @@ def from_config(config: dict):
 def _digest(arrays: dict) -> str:
     h = hashlib.sha256()
     for k in sorted(arrays):
-        a = np.ascontiguousarray(arrays[k])
+        a = np.asarray(arrays[k], order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
         h.update(k.encode())
         h.update(str(a.dtype).encode() + str(a.shape).encode())
         h.update(a.tobytes())
@@ -163,7 +163,7 @@ def _digest(arrays: dict) -> str:
 def _pack(arrays: dict, metadata: dict) -> bytes:
     import safetensors.numpy
 
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    arrays = {k: np.asarray(v, order="C") for k, v in arrays.items()}  # keeps 0-d shapes
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     meta["sha256"] = _digest(arrays)
     return safetensors.numpy.save(arrays, metadata=meta)
