@@ -60,6 +60,14 @@ class Model(nn.Module):
         if self._unbuilt_layers() and self._built_input_shape is not None:
             self.build(self._built_input_shape)
 
+    def load_state_dict(self, state_dict, strict=True):
+        self._ensure_built()
+        if strict and self._unbuilt_layers():
+            raise ValueError(f"load_state_dict: {self.name} has layers whose sizes are not known yet, so "
+                             "they have no weights to load into; call model.build(input_shape) or run a "
+                             "batch through the model first")
+        return super().load_state_dict(state_dict, strict)
+
     # ---- Keras API (implemented in trainer.py) --------------------------------------------
     def compile(self, optimizer="adam", loss=None, metrics=None, loss_weights=None, jit_compile=False):
         """Choose the optimizer (a name like "adam" or an ember Optimizer), the loss (a Keras name,
