@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from ..errors import GradError
 
 
@@ -150,6 +152,9 @@ def _node_grads(node, g, create_graph):
             out._node, out.requires_grad = node, True
     needs = [e is not None for e in node.edges]
     saved = node.saved
+    if op.scatter_grad is not None and not create_graph:
+        index, values, accumulate = op.scatter_grad(g, *saved, **node.attrs)
+        return [_Scatter(index, values, saved[0].shape, accumulate)] + [None] * (len(saved) - 1)
     if op.vjp is not None:
         grads = op.vjp(g, out, needs, *saved, **node.attrs)
     else:
@@ -201,10 +206,13 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
     prev = GradMode.enabled
     GradMode.enabled = bool(create_graph)
     try:
+        owned = set()  # ids of gradient buffers this backward allocated, safe to update in place
         for node in _toposort(root_nodes):
             g = grads.pop(node, None)
             if g is None:
                 continue
+            if type(g) is _Scatter:
+                g = g.materialize()
             if node in wanted_nodes:
                 captured[wanted_nodes[node]] = g
             if node.retained is not None:
@@ -214,16 +222,16 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
             for edge, gi in zip(node.edges, _node_grads(node, g, create_graph)):
                 if gi is None:
                     continue
-                if type(edge) is Node:
-                    grads[edge] = _add(grads.get(edge), gi)
-                else:
-                    leaf_grads[edge] = _add(leaf_grads.get(edge), gi)
+                _accumulate(grads if type(edge) is Node else leaf_grads, edge, gi, owned)
             if not retain_graph and node.versions:  # it held values: free them
                 node.freed = True
                 node.saved = tuple(s if type(s) is Meta else None for s in node.saved)
                 node.out_data = None
     finally:
         GradMode.enabled = prev
+    for leaf, g in leaf_grads.items():
+        if type(g) is _Scatter:
+            leaf_grads[leaf] = g.materialize()
 
     if inputs is not None:
         result = []
@@ -246,6 +254,59 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
 
 def _add(acc, g):
     return g if acc is None else acc + g
+
+
+class _Scatter:
+    """A gradient that is zeros(shape) with ``values`` put (or added) at ``index``."""
+
+    __slots__ = ("index", "values", "shape", "accumulate")
+
+    def __init__(self, index, values, shape, accumulate):
+        self.index, self.values, self.shape, self.accumulate = index, values, shape, accumulate
+
+    def add_into(self, buf):
+        if self.accumulate:
+            np.add.at(buf, self.index, self.values)
+        else:
+            buf[self.index] += self.values
+
+    def materialize(self):
+        from ..tensor import Tensor
+
+        z = np.zeros(self.shape, dtype=self.values.dtype)
+        if self.accumulate:
+            np.add.at(z, self.index, self.values)
+        else:
+            z[self.index] = self.values
+        return Tensor._make(z)
+
+
+def _accumulate(table, key, gi, owned):
+    """Add gradient ``gi`` into ``table[key]``, in place when the buffer is ours (only when
+    backward is not recorded; with create_graph the sum stays a graph op)."""
+    acc = table.get(key)
+    if acc is None:
+        table[key] = gi
+        return
+    if type(acc) is _Scatter:
+        if type(gi) is _Scatter:
+            acc = acc.materialize()
+            owned.add(id(acc.data))
+        else:
+            acc, gi = gi, acc
+    if type(gi) is _Scatter or (not GradMode.enabled and acc.data.flags.writeable):
+        if id(acc.data) not in owned:
+            from ..tensor import Tensor
+
+            acc = Tensor._make(acc.data.copy())
+            owned.add(id(acc.data))
+        if type(gi) is _Scatter:
+            gi.add_into(acc.data)
+        else:
+            acc.data += gi.data
+        table[key] = acc
+        return
+    table[key] = acc + gi
 
 
 def _detached(g, existing, given=None):

@@ -41,7 +41,8 @@ def _infer_index(x, *idx, template, unique=False):
 
 GETITEM = primitive("getitem", lambda x, template: x[template],
                     (lambda g, out, x, template: index_put(g, (), template, x.shape, False),),
-                    infer=_infer_index, saves=(), is_view=True)
+                    infer=_infer_index, saves=(), is_view=True,
+                    scatter_grad=lambda g, x, template: (template, g.data, False))
 
 
 def _index_vjp(g, out, needs, x, *idx, template, unique=False):
@@ -53,7 +54,9 @@ def _index_vjp(g, out, needs, x, *idx, template, unique=False):
 _INDEX_INPUTS = tuple(range(1, 64))  # keep the index tensors, not the indexed values
 
 INDEX = primitive("index", lambda x, *idx, template, unique=False: x[_fill(template, idx)], vjp=_index_vjp,
-                  infer=_infer_index, saves=_INDEX_INPUTS)
+                  infer=_infer_index, saves=_INDEX_INPUTS,
+                  scatter_grad=lambda g, x, *idx, template, unique=False:
+                      (_fill(template, [i.data for i in idx]), g.data, not unique))
 
 
 def _index_put_np(v, *idx, template, shape, accumulate):

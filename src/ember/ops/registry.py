@@ -48,10 +48,10 @@ class Meta:
 
 class Primitive:
     __slots__ = ("name", "forward", "grads", "vjp", "infer", "saves", "uses_out", "broadcasts",
-                 "is_view", "onnx", "differentiable")
+                 "is_view", "onnx", "differentiable", "scatter_grad")
 
     def __init__(self, name, forward, grads=None, *, vjp=None, infer=None, saves=None,
-                 uses_out=False, broadcasts=False, is_view=False):
+                 uses_out=False, broadcasts=False, is_view=False, scatter_grad=None):
         self.name = name
         self.forward = forward
         self.grads = grads
@@ -63,6 +63,10 @@ class Primitive:
         self.is_view = is_view
         self.onnx = None
         self.differentiable = grads is not None or vjp is not None
+        # For ops whose input gradient is "zeros with g written at an index" (slicing): returns
+        # (index, values, accumulate) so that backward can add slices into one buffer in place
+        # instead of summing a full-size array per slice. Only used when not recording.
+        self.scatter_grad = scatter_grad
 
     def __repr__(self):
         return f"<primitive {self.name}>"
