@@ -106,6 +106,8 @@ JOIN_CASES = [
     ("stack_neg", lambda a, b: M(a).stack([a, b, a], -1), [(2, 3), (2, 3)]),
     ("stack_mid", lambda a, b: M(a).stack((a, b), 1), [(2, 3), (2, 3)]),
     ("stack_0d", lambda a, b: M(a).stack([a, b]), [(), ()]),
+    ("cat_legacy_empty", lambda a, b: M(a).cat([M(a).zeros(0), a, b], -2), [(2, 3), (1, 3)]),  # (0,) skipped
+    ("cat_single", lambda a, b: M(a).cat([a]) * b, [(2, 3), (3,)]),
 ]
 
 
@@ -122,6 +124,10 @@ def test_cat_promotes_dtypes_like_torch():
     check(f, f, [a, a.astype(np.int32)])
     with pytest.raises(em.ShapeError, match=r"cat: all tensors must have the same shape except in dim 0"):
         em.cat([em.ones(2, 3), em.ones(2, 4)])
+    x = em.ones(2)
+    y = em.cat([x])  # a copy, as in torch
+    y += 1
+    assert x.tolist() == [1.0, 1.0]
     with pytest.raises(em.ShapeError, match="stack: all tensors must have the same shape"):
         em.stack([em.ones(2, 3), em.ones(3, 2)])
 

@@ -247,15 +247,19 @@ def cat(tensors, dim=0):
     xs = [as_tensor(t) for t in tensors]
     if not xs:
         raise OpError("cat: expected a non-empty sequence of tensors")
-    d = norm_dim(dim, xs[0].ndim, "cat")
     if len({x.data.dtype for x in xs}) > 1:
         from ..dtypes import result_type
         from .helpers import cast
 
         rt = result_type([x.data.dtype for x in xs], [x.ndim for x in xs])
         xs = [cast(x, rt) for x in xs]
+    # PyTorch skips 1-D empty tensors, so `out = tensor([]); out = cat([out, x])` works
+    kept = [x for x in xs if x.shape != (0,)]
+    if kept and len(kept) < len(xs) and any(x.ndim != 1 for x in kept):
+        xs = kept
+    d = norm_dim(dim, xs[0].ndim, "cat")
     if len(xs) == 1:
-        return xs[0]
+        return clone(xs[0])  # a new tensor, never an alias of the input
     return apply(CAT, tuple(xs), {"dim": d})
 
 
