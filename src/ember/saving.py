@@ -22,6 +22,7 @@ from .tensor import Tensor
 MODEL_FORMAT = "ember-model-v1"
 WEIGHTS_FORMAT = "ember-weights-v1"
 CHECKPOINT_FORMAT = "ember-checkpoint-v1"
+_OWN_FORMATS = (MODEL_FORMAT, WEIGHTS_FORMAT, CHECKPOINT_FORMAT)
 
 
 class ModelFileError(ValueError):
@@ -80,7 +81,7 @@ def _encode(value, where):
         return {"__module__": get_config(value)}
     if callable(value):
         mod, name = getattr(value, "__module__", "") or "", getattr(value, "__qualname__", "")
-        if mod.startswith("ember.") and _resolve_function(mod, name) is value:
+        if _resolve_function(mod, name) is value:
             return {"__fn__": f"{mod}:{name}"}
     raise ModelFileError(
         f"cannot store the architecture: {where} is a {type(value).__name__}, which has no JSON "
@@ -88,15 +89,30 @@ def _encode(value, where):
         "or pass only numbers, strings, lists, dicts, dtypes and modules to constructors.")
 
 
-def _resolve_function(module_name, qualname):
-    import sys
+#: where functions named in an architecture may come from: ember's math (activations,
+#: initialisers), never anything that reads files, trains or reaches other modules
+_FUNCTION_MODULES = ("ember.nn.functional", "ember.nn.init")
 
-    mod = sys.modules.get(module_name)
-    if mod is None:
+
+def _resolve_function(module_name, qualname):
+    """The function ``qualname`` defined in the already-imported ember math module
+    ``module_name``, or None. Attribute paths through other modules (``ember.saving:os.system``)
+    and objects merely imported into the module are refused."""
+    import sys
+    import types
+
+    if module_name not in _FUNCTION_MODULES and not module_name.startswith("ember.ops."):
         return None
-    obj = mod
+    obj = sys.modules.get(module_name)
+    if obj is None:
+        return None
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
+        if obj is None or isinstance(obj, types.ModuleType):
+            return None
+    if not callable(obj) or getattr(obj, "__module__", None) != module_name or \
+            getattr(obj, "__qualname__", None) != qualname:
+        return None
     return obj
 
 
@@ -115,10 +131,11 @@ def _decode(value):
         if "__module__" in value:
             return from_config(value["__module__"])
         if "__fn__" in value:
-            mod, name = value["__fn__"].split(":")
-            fn = _resolve_function(mod, name) if mod.startswith("ember.") else None
+            mod, _, name = str(value["__fn__"]).partition(":")
+            fn = _resolve_function(mod, name)
             if fn is None:
-                raise ModelFileError(f"the architecture refers to an unknown ember function {value['__fn__']}")
+                raise ModelFileError(f"the architecture refers to the function {value['__fn__']!r}, which is "
+                                     "not one of ember's activation or initialisation functions; refusing it")
             return fn
         raise ModelFileError(f"unrecognised entry in the architecture: {sorted(value)}")
     return value
@@ -150,8 +167,10 @@ def from_config(config: dict):
 
 # ---- safetensors with a checksum -------------------------------------------------------
 
-def _digest(arrays: dict) -> str:
+def _digest(arrays: dict, metadata: dict) -> str:
+    """SHA-256 over the metadata (all but the checksum itself) and every array."""
     h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in metadata.items() if k != "sha256"}, sort_keys=True).encode())
     for k in sorted(arrays):
         a = np.asarray(arrays[k], order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
         h.update(k.encode())
@@ -165,7 +184,7 @@ def _pack(arrays: dict, metadata: dict) -> bytes:
 
     arrays = {k: np.asarray(v, order="C") for k, v in arrays.items()}  # keeps 0-d shapes
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    meta["sha256"] = _digest(arrays)
+    meta["sha256"] = _digest(arrays, meta)
     return safetensors.numpy.save(arrays, metadata=meta)
 
 
@@ -192,9 +211,12 @@ def read_safetensors(path, expect_format=None, verify=True):
     if expect_format is not None and meta.get("format") != expect_format:
         raise ModelFileError(f"{path!r} is not an {expect_format} file (its format field is "
                              f"{meta.get('format')!r})")
-    if verify and "sha256" in meta and _digest(arrays) != meta["sha256"]:
-        raise ModelFileError(f"{path!r}: the weights do not match the checksum recorded when the file "
-                             "was written; the file is corrupted or was modified")
+    if verify and meta.get("format") in _OWN_FORMATS and "sha256" not in meta:
+        raise ModelFileError(f"{path!r}: the checksum recorded when the file was written is missing; the "
+                             "file was modified")
+    if verify and "sha256" in meta and _digest(arrays, meta) != meta["sha256"]:
+        raise ModelFileError(f"{path!r}: the weights or architecture do not match the checksum recorded when "
+                             "the file was written; the file is corrupted or was modified")
     return arrays, meta
 
 
@@ -231,7 +253,8 @@ def load(path):
 
 def save_weights(model, path) -> str:
     arrays = {k: v.data for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, _pack(arrays, {"format": WEIGHTS_FORMAT}))
+    meta = {"format": WEIGHTS_FORMAT, "input_shape": getattr(model, "_built_input_shape", None)}
+    atomic_write_bytes(path, _pack(arrays, meta))
     return os.fspath(path)
 
 
