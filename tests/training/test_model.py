@@ -305,6 +305,9 @@ ERRORS = [
      r"validation_split must be in \(0, 1\)"),
     ("validation_split with a loader", lambda: _compiled().fit(Loader(X, Y, 8), validation_split=0.2, verbose=0),
      ValueError, "pass validation_data"),
+    ("load_state_dict into an unbuilt model",
+     lambda: em.Sequential([L.Dense(3)]).load_state_dict({"0.weight": np.zeros((3, 2)), "0.bias": np.zeros(3)}),
+     ValueError, r"sizes are not known yet.*call model\.build\(input_shape\)"),
     ("an exhausted generator", lambda: _compiled().fit(iter([(X, Y)]), epochs=2, verbose=0), ValueError,
      "produced no batches"),
 ]
