@@ -30,7 +30,7 @@ from .creation import (  # noqa: F401
 )
 from .dtypes import DType, float16, float32, float64, get_dtype, int8, int16, int32, int64, uint8  # noqa: F401  # noqa: F401
 from .dtypes import bool_ as bool  # noqa: A001, F401
-from .errors import GradError, OpError, ShapeError  # noqa: F401
+from .errors import GradError, IndexingError, OpError, ShapeError  # noqa: F401
 from .ops.elementwise import (  # noqa: F401
     abs,
     add,

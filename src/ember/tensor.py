@@ -127,10 +127,11 @@ class Tensor:
 
     # ---- autograd -------------------------------------------------------------------
     def detach(self) -> Tensor:
-        """A tensor sharing this one's data (and version counter) but not its graph."""
+        """A tensor sharing this one's data (and version counter) but not its graph. Writing to it
+        writes to this tensor too, as in PyTorch; the shared version counter makes backward
+        refuse values that changed after they were saved."""
         t = Tensor._make(self.data)
         t._version = self._version
-        t._base = self if self._base is None else self._base
         return t
 
     def detach_(self) -> Tensor:

@@ -102,4 +102,7 @@ def norm_shape(shape) -> tuple:
         shape = tuple(shape[0])
     if len(shape) == 1 and isinstance(shape[0], Tensor):
         shape = tuple(int(v) for v in shape[0].data.reshape(-1))
+    for s in shape:
+        if not isinstance(s, (int, np.integer)):
+            raise TypeError(f"sizes must be integers, got {s!r} in {tuple(shape)}")
     return tuple(int(s) for s in shape)

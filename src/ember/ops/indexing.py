@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd.engine import GradMode
-from ..errors import GradError, OpError, ShapeError
+from ..errors import GradError, IndexingError, OpError, ShapeError
 from ..tensor import Tensor
 from .elementwise import where
 from .helpers import as_tensor, norm_dim
@@ -131,9 +131,6 @@ def _norm_index(index):
     return tuple(template), tuple(tensors)
 
 
-class IndexingError(OpError, IndexError):
-    """An index out of range, too many indices, or a mask of the wrong shape. It is an
-    IndexError, as in PyTorch and NumPy, and an OpError like ember's other op errors."""
 
 
 def _index_values(i):
