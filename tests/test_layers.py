@@ -316,6 +316,25 @@ def test_other_defaults_follow_keras():
 
 # ---- building, names and errors ------------------------------------------------------------------
 
+@pytest.mark.parametrize("layer,module,call_shape,names", [
+    (L.Dense(3), nn.Linear, (2, 4), ["weight", "bias"]),
+    (L.Conv2D(3, 2), nn.Conv2d, (2, 1, 4, 4), ["weight", "bias"]),
+    (L.BatchNormalization(), nn.BatchNorm1d, (2, 3), ["weight", "bias", "running_mean", "running_var",
+                                                      "num_batches_tracked"]),
+    (L.LayerNormalization(), nn.LayerNorm, (2, 3), ["weight", "bias"]),
+    (L.Embedding(5, 2), nn.Embedding, None, ["weight"]),
+    (L.LSTM(2), nn.LSTM, (1, 3, 4), ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]),
+    (L.GRU(2), nn.GRU, (1, 3, 4), ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]),
+    (L.Dropout(0.1), nn.Dropout, None, []),
+    (L.Flatten(), nn.Flatten, None, []),
+])
+def test_layers_are_the_nn_modules_with_pytorch_state_dict_names(layer, module, call_shape, names):
+    if call_shape:
+        layer(em.zeros(*call_shape))
+    assert isinstance(layer, module)
+    assert list(layer.state_dict()) == names
+
+
 def test_input_layer_builds_the_model_and_checks_shapes():
     model = em.Sequential([L.Input((3,)), L.Dense(4)])
     assert model.built is False  # built at compile/summary/fit time, from the Input's shape

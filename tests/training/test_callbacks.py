@@ -70,6 +70,16 @@ def test_early_stopping_stops_after_patience_and_restores_best_weights(values, m
     assert best == ran - 1 or not _same(model, script.snapshots[-1])
 
 
+def test_early_stopping_baseline_must_be_beaten_to_restart_the_count():
+    values = [0.9, 0.8, 0.85, 0.3, 0.2]
+    runs = {}
+    for baseline in (None, 0.5):
+        stop = C.EarlyStopping(monitor="score", patience=2, baseline=baseline)
+        runs[baseline] = model_().fit(X, Y, epochs=5, verbose=0, callbacks=[Script(values), stop]).epoch
+    assert runs[None] == [0, 1, 2, 3, 4]
+    assert runs[0.5] == [0, 1, 2]  # improvements above the baseline do not restart the count
+
+
 def test_early_stopping_without_restore_keeps_the_last_weights_and_auto_mode():
     model = model_()
     script = Script([0.5, 0.6, 0.7, 0.8], key="val_accuracy")  # auto: accuracy is maximised
