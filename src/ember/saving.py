@@ -2,9 +2,10 @@
 
 Nothing in a file is ever executed: the architecture names classes, and loading only
 instantiates ``nn.Module`` subclasses that this process has already imported, with the JSON
-constructor arguments recorded when the model was built. Weights are raw arrays checked
-against a SHA-256 recorded at save time, so a corrupted or truncated file is reported, not
-loaded. Writes go to a temporary file that atomically replaces the target.
+constructor arguments recorded when the model was built (functions among them only from
+ember's activation and initialisation modules). Weights are raw arrays; a SHA-256 over them and
+the metadata, recorded at save time, makes a corrupted, truncated or edited file an error, not
+a silently different model. Writes go to a temporary file that atomically replaces the target.
 """
 
 from __future__ import annotations
