@@ -41,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Trains a small CNN (Keras-style em.Sequential) on scikit-learn's bundled "
                     "handwritten digits with a progress bar, reports test accuracy, saves the model "
                     "to one file, reloads it and checks the predictions match.",
-        epilog="example:\n  ember demo --epochs 30 --out digits.ember",
+        epilog="example:\n  ember demo --epochs 25 --out digits.ember",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    demo.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    demo.add_argument("--epochs", type=int, default=25, help="training epochs (default 25)")
     demo.add_argument("--out", default="ember-demo/digits_cnn.ember", help="where to save the model")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
