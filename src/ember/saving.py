@@ -227,8 +227,7 @@ def save(model, path) -> str:
     """Save architecture and weights of ``model`` to one file (atomically); returns the path."""
     config = get_config(model)
     arrays = {k: v.data for k, v in model.state_dict().items()}
-    meta = {"format": MODEL_FORMAT, "config": config,
-            "input_shape": getattr(model, "_built_input_shape", None)}
+    meta = {"format": MODEL_FORMAT, "config": config, **_input_record(model)}
     from . import __version__
 
     meta["ember_version"] = __version__
@@ -245,8 +244,7 @@ def load(path):
     except (KeyError, json.JSONDecodeError) as e:
         raise ModelFileError(f"{os.fspath(path)!r}: damaged architecture record ({e})") from None
     model = from_config(config)
-    if input_shape is not None and hasattr(model, "build"):
-        model.build(tuple(input_shape))
+    _restore_input(model, input_shape, meta)
     model.load_state_dict(arrays)
     model.eval()
     return model
@@ -254,7 +252,7 @@ def load(path):
 
 def save_weights(model, path) -> str:
     arrays = {k: v.data for k, v in model.state_dict().items()}
-    meta = {"format": WEIGHTS_FORMAT, "input_shape": getattr(model, "_built_input_shape", None)}
+    meta = {"format": WEIGHTS_FORMAT, **_input_record(model)}
     atomic_write_bytes(path, _pack(arrays, meta))
     return os.fspath(path)
 
@@ -264,11 +262,26 @@ def load_weights(model, path, strict=True):
     arrays, meta = read_safetensors(path)
     if meta.get("format") == CHECKPOINT_FORMAT:
         arrays = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
-    if hasattr(model, "build") and getattr(model, "_built_input_shape", None) is None:
-        shape = json.loads(meta.get("input_shape", "null") or "null")
-        if shape is not None:
-            model.build(tuple(shape))
+    if getattr(model, "_built_input_shape", None) is None:
+        _restore_input(model, json.loads(meta.get("input_shape", "null") or "null"), meta)
     return model.load_state_dict(arrays, strict=strict)
+
+
+def _input_record(model):
+    """The input shape and dtype a model was built with (None for plain modules)."""
+    return {"input_shape": getattr(model, "_built_input_shape", None),
+            "input_dtype": json.dumps(getattr(model, "_built_input_dtype", None))}
+
+
+def _restore_input(model, input_shape, meta):
+    """Give a loaded model its recorded input signature, building lazily-sized layers with it."""
+    if input_shape is None or not hasattr(model, "build"):
+        return
+    dtype = json.loads(meta.get("input_dtype", "null") or "null")
+    if model._unbuilt_layers():
+        model.build(tuple(input_shape), dtype=dtype)
+    object.__setattr__(model, "_built_input_shape", list(input_shape))
+    object.__setattr__(model, "_built_input_dtype", dtype)
 
 
 def load_state_dict_from(path) -> dict:
