@@ -184,7 +184,7 @@ long = int64
 # Heavier subpackages load on first attribute access: `em.nn`, `em.optim`, ...
 _LAZY = {"nn": "ember.nn", "optim": "ember.optim", "data": "ember.data", "layers": "ember.layers",
          "training": "ember.training", "saving": "ember.saving", "utils": "ember.utils",
-         "callbacks": "ember.training.callbacks", "metrics": "ember.training.metrics",
+         "callbacks": "ember.training.callbacks", "compiler": "ember.compiler", "metrics": "ember.training.metrics",
          "losses": "ember.training.losses", "cli": "ember.cli"}
 _LAZY_ATTRS = {
     "Model": ("ember.training.model", "Model"),
@@ -196,6 +196,8 @@ _LAZY_ATTRS = {
     "save_checkpoint": ("ember.saving", "save_checkpoint"),
     "load_checkpoint": ("ember.saving", "load_checkpoint"),
     "load_state_dict_from": ("ember.saving", "load_state_dict_from"),
+    "jit": ("ember.compiler.jit", "jit"),
+    "TraceError": ("ember.compiler.trace", "TraceError"),
 }
 
 

@@ -11,7 +11,11 @@ import numpy as np
 
 from . import dtypes as _dt
 from .ops.helpers import norm_shape
+from .ops.registry import primitive
 from .tensor import Tensor
+
+RANDOM = primitive("random", lambda kind, shape, dtype, params, generator: _draw(kind, shape, dtype, params, generator),
+                   infer=lambda kind, shape, dtype, params, generator: (tuple(shape), np.dtype(dtype)))
 
 
 class Generator:
@@ -59,6 +63,41 @@ def _gen(generator):
     return (generator or default_generator).np
 
 
+def _draw(kind, shape, dtype, params, generator):
+    """The NumPy draw behind every random tensor (also the RANDOM primitive's forward)."""
+    g = _gen(generator)
+    dtype = np.dtype(dtype)
+    fast = dtype in (np.float32, np.float64)
+    if kind == "uniform":
+        lo, hi = params
+        if (lo, hi) == (0.0, 1.0):
+            return g.random(shape, dtype=dtype) if fast else g.random(shape).astype(dtype)
+        return g.uniform(lo, hi, size=shape).astype(dtype)
+    if kind == "normal":
+        mean, std = params
+        z = g.standard_normal(shape, dtype=dtype) if fast else g.standard_normal(shape).astype(dtype)
+        return z if (mean, std) == (0.0, 1.0) else (z * std + mean).astype(dtype)
+    if kind == "randint":
+        return g.integers(params[0], params[1], size=shape).astype(dtype)
+    if kind == "dropout":  # keep with probability 1 - p, scaled by 1 / (1 - p)
+        p = params[0]
+        return (g.random(shape, dtype=np.float32) >= p) * np.asarray(1.0 / (1.0 - p), dtype=dtype)
+    raise ValueError(f"unknown random kind {kind!r}")
+
+
+def _random_tensor(kind, shape, dtype, params, generator):
+    """Eager: draws now. Inside em.jit: a graph node that draws fresh numbers at every run."""
+    from .ops.registry import apply
+
+    return apply(RANDOM, (), {"kind": kind, "shape": tuple(shape), "dtype": np.dtype(dtype),
+                              "params": tuple(params), "generator": generator})
+
+
+def dropout_mask(shape, p, dtype, generator=None):
+    """Keep-mask for dropout: 1/(1-p) with probability 1-p, else 0."""
+    return _random_tensor("dropout", shape, dtype, (float(p),), generator)
+
+
 def _float_dtype(dtype):
     d = _dt.default_float if dtype is None else _dt.get_dtype(dtype)
     if not d.is_floating_point:
@@ -75,21 +114,14 @@ def _finish(arr, requires_grad):
 
 def rand(*shape, dtype=None, generator=None, requires_grad=False) -> Tensor:
     """Uniform samples in [0, 1)."""
-    d = _float_dtype(dtype)
-    g = _gen(generator)
-    shape = norm_shape(shape)
-    arr = g.random(shape, dtype=d) if d in (np.float32, np.float64) else g.random(shape).astype(d)
-    return _finish(arr, requires_grad)
+    t = _random_tensor("uniform", norm_shape(shape), _float_dtype(dtype), (0.0, 1.0), generator)
+    return t.requires_grad_(True) if requires_grad else t
 
 
 def randn(*shape, dtype=None, generator=None, requires_grad=False) -> Tensor:
     """Standard normal samples."""
-    d = _float_dtype(dtype)
-    g = _gen(generator)
-    shape = norm_shape(shape)
-    arr = (g.standard_normal(shape, dtype=d) if d in (np.float32, np.float64)
-           else g.standard_normal(shape).astype(d))
-    return _finish(arr, requires_grad)
+    t = _random_tensor("normal", norm_shape(shape), _float_dtype(dtype), (0.0, 1.0), generator)
+    return t.requires_grad_(True) if requires_grad else t
 
 
 def randint(low, high=None, size=(), dtype=None, generator=None) -> Tensor:
@@ -98,7 +130,7 @@ def randint(low, high=None, size=(), dtype=None, generator=None) -> Tensor:
         low, high = 0, low
     d = _dt.int64.np if dtype is None else _dt.get_dtype(dtype).np
     size = (size,) if isinstance(size, int) else tuple(size)
-    return Tensor._make(_gen(generator).integers(low, high, size=size).astype(d))
+    return _random_tensor("randint", size, d, (low, high), generator)
 
 
 def normal(mean=0.0, std=1.0, size=None, dtype=None, generator=None, requires_grad=False) -> Tensor:

@@ -169,7 +169,7 @@ class Tensor:
                                 f"outputs; this tensor has shape {self.data.shape}. Pass "
                                 f"gradient= (a tensor of the same shape) or reduce it first, "
                                 f"e.g. loss.sum().backward()")
-            gradient = Tensor._make(np.ones_like(self.data))
+            gradient = ones_like_data(self)
         else:
             gradient = gradient if isinstance(gradient, Tensor) else tensor(gradient)
             if gradient.shape != self.shape:
@@ -201,6 +201,15 @@ class Tensor:
         return "tensor(" + body + "".join(", " + e for e in extras) + ")"
 
     __str__ = __repr__
+
+
+def ones_like_data(t):
+    """A tensor of ones shaped like ``t`` (a graph constant while tracing)."""
+    from .compiler.trace import ACTIVE, Sym
+
+    if ACTIVE[0] is not None and type(t.data) is Sym:
+        return Tensor._make(Sym(ACTIVE[0].literal(np.ones(t.data.shape, t.data.dtype))))
+    return Tensor._make(np.ones_like(t.data))
 
 
 def _as_array(data, dtype):

@@ -17,6 +17,7 @@ import functools
 
 import numpy as np
 
+from ..compiler.trace import ACTIVE as TRACING
 from ..errors import GradError
 
 
@@ -152,7 +153,7 @@ def _node_grads(node, g, create_graph):
             out._node, out.requires_grad = node, True
     needs = [e is not None for e in node.edges]
     saved = node.saved
-    if op.scatter_grad is not None and not create_graph:
+    if op.scatter_grad is not None and not create_graph and TRACING[0] is None:
         index, values, accumulate = op.scatter_grad(g, *saved, **node.attrs)
         return [_Scatter(index, values, saved[0].shape, accumulate)] + [None] * (len(saved) - 1)
     if op.vjp is not None:
@@ -218,7 +219,7 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
             if node.retained is not None:
                 held = node.retained()
                 if held is not None:
-                    held.grad = g if create_graph else _detached(g, held.grad)
+                    held.grad = g if create_graph or TRACING[0] is not None else _detached(g, held.grad)
             for edge, gi in zip(node.edges, _node_grads(node, g, create_graph)):
                 if gi is None:
                     continue
@@ -243,13 +244,40 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
             result.append(g)
         return result
     if accumulate:
-        given = {id(g.data) for g in root_grads}
+        tracer = TRACING[0]
+        given = {id(g.data) for g in root_grads} if tracer is None else None
         for leaf, g in leaf_grads.items():
-            if create_graph:
+            if tracer is not None:  # inside em.jit: .grad updates become graph effects
+                tracer.set_grad(leaf, g if tracer.current_grad(leaf) is None else tracer.read_grad(leaf) + g)
+            elif create_graph:
                 leaf.grad = g if leaf.grad is None else leaf.grad + g
             else:
                 leaf.grad = _detached(g, leaf.grad, given)
     return None
+
+
+def zero_grads(params, set_to_none=True):
+    """Clear ``.grad`` of each tensor (None, or zeros of the same shape); traced in em.jit."""
+    from ..tensor import Tensor
+
+    tracer = TRACING[0]
+    for p in params:
+        if p.grad is None:
+            if tracer is not None:  # the compiled step clears it whatever it is at run time
+                tracer.set_grad(p, None)
+            continue
+        if set_to_none:
+            g = None
+        elif tracer is not None:
+            from ..compiler.trace import Sym
+
+            g = Tensor._make(Sym(tracer.literal(np.zeros(p.grad.shape, p.grad.data.dtype))))
+        else:
+            g = Tensor._make(np.zeros_like(p.grad.data))
+        if tracer is not None:
+            tracer.set_grad(p, g)
+        else:
+            p.grad = g
 
 
 def _add(acc, g):
@@ -294,7 +322,7 @@ def _accumulate(table, key, gi, owned):
             owned.add(id(acc.data))
         else:
             acc, gi = gi, acc
-    if type(gi) is _Scatter or (not GradMode.enabled and acc.data.flags.writeable):
+    if type(gi) is _Scatter or (not GradMode.enabled and TRACING[0] is None and acc.data.flags.writeable):
         if id(acc.data) not in owned:
             from ..tensor import Tensor
 

@@ -65,7 +65,9 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
             if o.data.size != 1:
                 raise GradError(f"grad: grad_outputs is required for a non-scalar output of "
                                 f"shape {o.shape}")
-            g = Tensor._make(np.ones_like(o.data))
+            from ..tensor import ones_like_data
+
+            g = ones_like_data(o)
         gs.append(g)
     for t in ins:
         if not t.requires_grad:
@@ -124,7 +126,9 @@ def value_and_grad(fn, argnums=0, has_aux=False):
                                           else ""))
         all_leaves = [t for fresh, _ in flats for t in fresh]
         if value.requires_grad:
-            grads = run_backward([value], [Tensor._make(np.ones_like(value.data))], inputs=all_leaves,
+            from ..tensor import ones_like_data
+
+            grads = run_backward([value], [ones_like_data(value)], inputs=all_leaves,
                                  accumulate=False)
         else:
             grads = [None] * len(all_leaves)

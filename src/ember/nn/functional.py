@@ -645,9 +645,7 @@ def dropout(input, p=0.5, training=True, generator=None):
         return x
     if p == 1.0:
         return x * 0.0
-    keep = rnd._gen(generator).random(x.shape, dtype=np.float32) >= p
-    scale = np.asarray(1.0 / (1.0 - p), dtype=x.data.dtype)
-    return x * Tensor._make(keep * scale)
+    return x * rnd.dropout_mask(x.shape, p, x.data.dtype, generator)
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,

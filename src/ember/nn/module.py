@@ -8,6 +8,7 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 
 from ..autograd.engine import no_grad
+from ..compiler.trace import ACTIVE as TRACING
 from ..errors import ShapeError
 from ..tensor import Tensor
 
@@ -213,11 +214,9 @@ class Module:
         return self
 
     def zero_grad(self, set_to_none=True):
-        for p in self.parameters():
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad = Tensor._make(np.zeros_like(p.grad.data))
+        from ..autograd.engine import zero_grads
+
+        zero_grads(self.parameters(), set_to_none)
 
     def apply(self, fn):
         """Call ``fn`` on every submodule (children first) and on self, e.g. for init."""
@@ -321,6 +320,10 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
     def __call__(self, *args, **kwargs):
+        tracer = TRACING[0]
+        if tracer is not None:  # a compiled graph is only valid for the same train/eval mode
+            tracer.guard(("training", id(self)), f"{type(self).__name__}.training",
+                         lambda m=self: m.training)
         if self._forward_pre_hooks:
             for hook in list(self._forward_pre_hooks.values()):
                 res = hook(self, args)

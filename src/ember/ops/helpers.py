@@ -7,7 +7,7 @@ import numpy as np
 from .. import dtypes as _dt
 from ..errors import OpError, ShapeError
 from ..tensor import Tensor, tensor
-from .registry import PRIMITIVES, apply
+from .registry import PRIMITIVES, TRACING, apply
 
 NO_ATTRS: dict = {}
 FLOAT32 = np.dtype(np.float32)
@@ -21,7 +21,13 @@ def as_tensor(x) -> Tensor:
 
 
 def const(value, np_dtype) -> Tensor:
-    return Tensor._make(np.asarray(value, dtype=np_dtype))
+    arr = np.asarray(value, dtype=np_dtype)
+    tracer = TRACING[0]
+    if tracer is not None:  # a constant baked into the traced graph
+        from ..compiler.trace import Sym
+
+        return Tensor._make(Sym(tracer.literal(arr)))
+    return Tensor._make(arr)
 
 
 def cast(x: Tensor, np_dtype) -> Tensor:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd.engine import GradMode
+from ..compiler.trace import ACTIVE as TRACING
 from ..errors import GradError, OpError
 from ..tensor import Tensor
 from . import elementwise as ew
+from .helpers import as_tensor
 
 
 def _check_writable(t, name):
-    if not t.data.flags.writeable:
+    if isinstance(t.data, np.ndarray) and not t.data.flags.writeable:
         raise OpError(f"{name}: this tensor (shape {t.shape}) is a read-only view (expand or "
                       "broadcast); call .clone() first")
 
@@ -43,6 +45,15 @@ def _write_back(t, result, name):
     if r.shape != t.data.shape:
         raise OpError(f"{name}: the result has shape {r.shape} but the tensor being modified has "
                       f"shape {t.shape}; in-place ops cannot change a tensor's shape")
+    tracer = TRACING[0]
+    if tracer is not None:  # inside em.jit: the update becomes a graph effect
+        if r.dtype != t.data.dtype:
+            if not np.can_cast(r.dtype, t.data.dtype, "same_kind"):
+                raise OpError(f"{name}: the result dtype {r.dtype} cannot be stored in a tensor of "
+                              f"dtype {t.data.dtype} in place; use the out-of-place op")
+            result = ew.astype(result, t.data.dtype)
+        tracer.write(t, result)
+        return
     try:
         np.copyto(t.data, r, casting="same_kind")
     except TypeError:
@@ -73,9 +84,9 @@ def inplace(t, name, fn, *args, **kwargs):
 
 def _fast_binary(ufunc, slow, name):
     def method(self, other, *, alpha=None):
-        if alpha is not None and alpha != 1:
+        if alpha is not None and (isinstance(alpha, Tensor) or alpha != 1):
             other = ew.mul(other, alpha)
-        if _recording(self, (other,)):
+        if TRACING[0] is not None or _recording(self, (other,)):
             return inplace(self, name, slow, other)
         _check_writable(self, name)
         o = other.data if isinstance(other, Tensor) else other
@@ -111,11 +122,17 @@ def pow_(self, exponent):
     return inplace(self, "pow_", ew.pow, exponent)
 
 
+def _broadcast_copy(t, s):
+    """``s`` as a new tensor of t's shape and dtype (the old value of t gets no gradient)."""
+    from .movement import clone
+
+    return clone(as_tensor(s).astype(t.dtype).expand(t.shape))
+
+
 def copy_(self, src):
     """Copy ``src`` (broadcast) into this tensor, keeping this tensor's dtype."""
-    if _recording(self, (src,)):
-        src = src if isinstance(src, Tensor) else Tensor._make(np.asarray(src))
-        return inplace(self, "copy_", lambda t, s: ew.add(t * 0, s.astype(t.dtype)), src)
+    if TRACING[0] is not None or _recording(self, (src,)):
+        return inplace(self, "copy_", _broadcast_copy, src)
     _check_writable(self, "copy_")
     s = src.data if isinstance(src, Tensor) else np.asarray(src)
     try:
@@ -128,8 +145,8 @@ def copy_(self, src):
 
 
 def fill_(self, value):
-    if _recording(self, (value,)):
-        return inplace(self, "fill_", lambda t, v: t * 0 + v, value)
+    if TRACING[0] is not None or _recording(self, (value,)):
+        return inplace(self, "fill_", _broadcast_copy, value)
     _check_writable(self, "fill_")
     self.data.fill(value.item() if isinstance(value, Tensor) else value)
     self._version[0] += 1
@@ -173,6 +190,10 @@ def _random_fill(name, sample):
         from .. import random as rnd
 
         _check_writable(self, name)
+        if TRACING[0] is not None:
+            from ..compiler.trace import value_error
+
+            raise value_error(f"{name} (an in-place random fill)")
         if _recording(self, ()):
             _check_recordable(self, name)
         g = rnd._gen(generator)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd.engine import GradMode, Node
+from ..compiler.trace import ACTIVE as TRACING
 from ..errors import OpError, ShapeError
 
 PRIMITIVES: dict[str, Primitive] = {}
@@ -48,7 +49,7 @@ class Meta:
 
 class Primitive:
     __slots__ = ("name", "forward", "grads", "vjp", "infer", "saves", "uses_out", "broadcasts",
-                 "is_view", "onnx", "differentiable", "scatter_grad")
+                 "is_view", "onnx", "differentiable", "scatter_grad", "scalar")
 
     def __init__(self, name, forward, grads=None, *, vjp=None, infer=None, saves=None,
                  uses_out=False, broadcasts=False, is_view=False, scatter_grad=None):
@@ -67,6 +68,9 @@ class Primitive:
         # (index, values, accumulate) so that backward can add slices into one buffer in place
         # instead of summing a full-size array per slice. Only used when not recording.
         self.scatter_grad = scatter_grad
+        # Elementwise ops: ``scalar(*arg_exprs, **attrs) -> expr`` gives the op on one element as
+        # numba-compatible Python; the compiler fuses chains of such ops into one kernel.
+        self.scalar = None
 
     def __repr__(self):
         return f"<primitive {self.name}>"
@@ -97,11 +101,28 @@ def _saved_indices(op, inputs):
 
 def apply(op: Primitive, inputs: tuple, attrs: dict):
     """Run ``op`` on Tensors ``inputs`` and record it for autograd when needed."""
+    tracer = TRACING[0]
+    if tracer is not None:
+        return _apply_traced(tracer, op, inputs, attrs)
     try:
         out = op.forward(*[t.data for t in inputs], **attrs)
     except Exception as exc:  # turn NumPy's message into one that names the op and shapes
         raise explain_failure(op, inputs, attrs, exc) from None
     result = Tensor._make(out)
+    if GradMode.enabled and op.differentiable:
+        for t in inputs:
+            if t.requires_grad:
+                _record(op, inputs, attrs, result)
+                break
+    if op.is_view:
+        result._version = inputs[0]._version
+        result._base = inputs[0] if inputs[0]._base is None else inputs[0]._base
+    return result
+
+
+def _apply_traced(tracer, op, inputs, attrs):
+    """Inside ``em.jit`` tracing: add a graph node; autograd records as in eager mode."""
+    result = Tensor._make(tracer.record(op, inputs, attrs))
     if GradMode.enabled and op.differentiable:
         for t in inputs:
             if t.requires_grad:

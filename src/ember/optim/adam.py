@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import math
-
 from ..ops.elementwise import maximum
 from .optimizer import Optimizer, _check, zeros_state
 
@@ -50,7 +48,7 @@ class Adam(Optimizer):
             vmax = state.setdefault("max_exp_avg_sq", zeros_state(p))
             vmax.copy_(maximum(vmax, v))
             v = vmax
-        denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(eps)
+        denom = (v.sqrt() / (1 - b2 ** t) ** 0.5).add_(eps)
         p.add_(m / denom, alpha=-lr / (1 - b1 ** t))
 
 

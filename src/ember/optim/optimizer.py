@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd.engine import no_grad
+from ..compiler.trace import ACTIVE as TRACING
 from ..errors import OpError
 from ..tensor import Tensor
 
@@ -47,12 +48,9 @@ class Optimizer:
         self.param_groups.append(group)
 
     def zero_grad(self, set_to_none=True):
-        for g in self.param_groups:
-            for p in g["params"]:
-                if set_to_none:
-                    p.grad = None
-                elif p.grad is not None:
-                    p.grad = Tensor._make(np.zeros_like(p.grad.data))
+        from ..autograd.engine import zero_grads
+
+        zero_grads((p for g in self.param_groups for p in g["params"]), set_to_none)
 
     def init_state(self, param) -> dict:
         return {}
@@ -69,7 +67,10 @@ class Optimizer:
 
             with enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        tracer = TRACING[0]
+        for index, group in enumerate(self.param_groups):
+            if tracer is not None:
+                group = self._traced_group(tracer, index, group)
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -82,8 +83,48 @@ class Optimizer:
                 state = self.state.get(p)
                 if state is None:
                     state = self.state[p] = self.init_state(p)
+                if tracer is not None and isinstance(state.get("step"), int):
+                    # a compiled step must count at run time, not bake in this call's count
+                    state["step"] = Tensor._make(np.asarray(state["step"], dtype=np.float32))
                 self.update(p, grad, state, group)
         return loss
+
+    #: hyperparameters that schedulers change between steps: read at every run of a compiled step
+    DYNAMIC = ("lr", "betas", "momentum")
+
+    def _traced_group(self, tracer, index, group):
+        """The group as a compiled step sees it: scheduled hyperparameters become values read
+        from ``param_groups`` at each run; everything else is guarded (a change retraces)."""
+        def static(g=group):
+            out = []
+            for k, v in sorted(g.items()):
+                if k in ("params", "initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum"):
+                    continue
+                if k in self.DYNAMIC:  # only whether it is zero changes the code path
+                    v = tuple(x == 0 for x in v) if isinstance(v, tuple) else v == 0
+                out.append((k, v))
+            return tuple(out)
+
+        tracer.guard(("optimizer", id(self), index), f"{type(self).__name__}.param_groups[{index}]", static)
+        traced = dict(group)
+        for k in self.DYNAMIC:
+            v = group.get(k)
+            if isinstance(v, tuple):
+                traced[k] = tuple(x if x == 0 else self._runtime_scalar(tracer, index, k, i)
+                                  for i, x in enumerate(v))
+            elif isinstance(v, (int, float)) and v != 0 and not isinstance(v, bool):
+                traced[k] = self._runtime_scalar(tracer, index, k, None)
+        return traced
+
+    def _runtime_scalar(self, tracer, index, key, position):
+        from ..compiler.trace import Sym
+
+        groups = self.param_groups
+        if position is None:
+            reader = lambda: groups[index][key]  # noqa: E731
+        else:
+            reader = lambda: groups[index][key][position]  # noqa: E731
+        return Tensor._make(Sym(tracer.scalar(reader)))
 
     # ---- serialisation ----------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -1,0 +1,144 @@
+"""The graph IR: SSA values produced by nodes that are registered primitives.
+
+A ``Graph`` has
+  * ``inputs``: values for the traced function's tensor arguments, in flattened order,
+  * ``captures``: values read from arrays that existed outside the function (parameters,
+    buffers, optimizer state), read again at every run,
+  * ``scalars``: values read from Python at every run (e.g. an optimizer group's ``lr``),
+  * ``nodes``: one registered primitive each (``node.op``), in execution order,
+  * ``outputs``: the function's flattened tensor results,
+  * ``writes``: (array, value) pairs: in-place updates of outside arrays (parameters, state),
+  * ``grads``: (tensor, value or None): ``.grad`` assignments made by ``backward()``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Value:
+    """One SSA value: a tensor of known shape and dtype."""
+
+    __slots__ = ("id", "shape", "dtype", "kind", "ref", "node", "literal")
+
+    def __init__(self, vid, shape, dtype, kind, ref=None, node=None, literal=None):
+        self.id = vid
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.kind = kind          # input | capture | scalar | literal | grad_in | node
+        self.ref = ref            # input: position; capture: the array; scalar: a reader function
+        self.node = node          # the producing Node for kind == "node"
+        self.literal = literal    # the NumPy value of a literal
+
+    @property
+    def name(self):
+        return f"%{self.id}"
+
+    def __repr__(self):
+        return f"{self.name}:{self.dtype}{list(self.shape)}"
+
+
+class Node:
+    __slots__ = ("op", "inputs", "attrs", "output")
+
+    def __init__(self, op, inputs, attrs, output):
+        self.op, self.inputs, self.attrs, self.output = op, list(inputs), attrs, output
+
+
+def _fmt_attr(v):
+    if isinstance(v, np.ndarray):
+        return f"array{list(v.shape)}"
+    if isinstance(v, slice):
+        return f"{'' if v.start is None else v.start}:{'' if v.stop is None else v.stop}" + \
+            ("" if v.step is None else f":{v.step}")
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_fmt_attr(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, np.dtype):
+        return str(v)
+    return repr(v)
+
+
+class Graph:
+    def __init__(self):
+        self.values: list[Value] = []
+        self.inputs: list[Value] = []
+        self.captures: list[Value] = []
+        self.scalars: list[Value] = []
+        self.nodes: list[Node] = []
+        self.outputs: list = []          # Value or a static Python value
+        self.writes: list = []           # (array, Value)
+        self.grads: list = []            # (tensor, Value or None, had a .grad before)
+        self.grad_reads: list = []       # (tensor, Value): .grad read at run time
+
+    def new_value(self, shape, dtype, kind, **kw):
+        v = Value(len(self.values), shape, dtype, kind, **kw)
+        self.values.append(v)
+        return v
+
+    def add_node(self, op, inputs, attrs, shape, dtype):
+        out = self.new_value(shape, dtype, "node")
+        node = Node(op, inputs, attrs, out)
+        out.node = node
+        self.nodes.append(node)
+        return node
+
+    def roots(self):
+        """Values the graph must compute: outputs, in-place writes and gradients."""
+        out = [v for v in self.outputs if isinstance(v, Value)]
+        out += [v for _, v in self.writes]
+        out += [v for _, v, _ in self.grads if v is not None]
+        return out
+
+    # ---- display ----------------------------------------------------------------------
+    def __str__(self):
+        lines = []
+        for v in self.inputs:
+            lines.append(f"{v!r} = input[{v.ref}]")
+        for v in self.captures:
+            lines.append(f"{v!r} = capture")
+        for v in self.scalars:
+            lines.append(f"{v!r} = scalar")
+        for _, v in self.grad_reads:
+            lines.append(f"{v!r} = grad_in")
+        for node in self.nodes:
+            args = ", ".join(_operand(v) for v in node.inputs)
+            outs = getattr(node, "outputs", None)
+            if outs is not None:
+                lines.append(f"{', '.join(map(repr, outs))} = fused[{node.describe()}]({args})")
+                continue
+            attrs = ", ".join(f"{k}={_fmt_attr(a)}" for k, a in node.attrs.items())
+            lines.append(f"{node.output!r} = {node.op.name}({args}{', ' if args and attrs else ''}{attrs})")
+        outs = ", ".join(_operand(v) if isinstance(v, Value) else repr(v) for v in self.outputs)
+        lines.append(f"return {outs}")
+        for arr, v in self.writes:
+            lines.append(f"write {v.name} -> state{list(arr.shape)}")
+        for t, v, _ in self.grads:
+            lines.append(f"grad {'None' if v is None else v.name} -> param{list(t.shape)}")
+        return "\n".join(lines)
+
+    def to_dot(self) -> str:
+        """Graphviz DOT text of the graph (render with ``dot -Tpng``)."""
+        out = ["digraph ember {", "  rankdir=TB;", '  node [shape=box, fontname="monospace"];']
+        for v in self.inputs + self.captures + self.scalars + [v for _, v in self.grad_reads]:
+            out.append(f'  v{v.id} [label="{v.kind} {v.dtype}{list(v.shape)}", shape=ellipse];')
+        for node in self.nodes:
+            v = node.output
+            out.append(f'  v{v.id} [label="{node.op.name}\\n{v.dtype}{list(v.shape)}"];')
+            for i in node.inputs:
+                if i.kind == "literal":
+                    out.append(f'  l{i.id}_{v.id} [label="{i.literal.item() if i.literal.size == 1 else "const"}",'
+                               ' shape=plaintext];')
+                    out.append(f"  l{i.id}_{v.id} -> v{v.id};")
+                else:
+                    out.append(f"  v{i.id} -> v{v.id};")
+        for k, v in enumerate(self.outputs):
+            if isinstance(v, Value):
+                out.append(f'  out{k} [label="output {k}", shape=ellipse]; v{v.id} -> out{k};')
+        out.append("}")
+        return "\n".join(out)
+
+
+def _operand(v):
+    if v.kind == "literal" and v.literal.size == 1:
+        return f"{v.literal.item()!r}"
+    return v.name

@@ -1,0 +1,206 @@
+"""``em.jit``: trace a function once per input signature, optimize the graph, run it compiled.
+
+The cache key is the signature of the tensor arguments (shape, dtype, requires_grad), the
+non-tensor arguments and grad mode. After tracing, *guards* record the Python state the graph
+depends on (each module's train/eval mode, optimizer hyperparameters, which parameters had a
+``.grad``); a call whose guards fail retraces and, with debug logging, says why.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+
+import numpy as np
+
+from ..autograd.engine import GradMode
+from ..autograd.functional import _flatten
+from ..tensor import Tensor
+from . import passes
+from .codegen import build_runner
+from .ir import Value
+from .trace import Sym, TraceError, Tracer, tracing
+
+log = logging.getLogger("ember.jit")
+
+
+def _debug_enabled(flag):
+    return flag or os.environ.get("EMBER_JIT_DEBUG", "") not in ("", "0")
+
+
+def _static_key(obj):
+    """A hashable description of the non-tensor parts of the arguments."""
+    if isinstance(obj, Tensor):
+        return ("T",)
+    if isinstance(obj, (list, tuple)):
+        return (type(obj).__name__,) + tuple(_static_key(o) for o in obj)
+    if isinstance(obj, dict):
+        return ("dict",) + tuple((k, _static_key(v)) for k, v in sorted(obj.items()))
+    try:
+        hash(obj)
+        return ("V", obj)
+    except TypeError:
+        return ("id", id(obj))
+
+
+class Compiled:
+    """One traced and compiled specialisation of a function."""
+
+    def __init__(self, graph, guards, out_tree, input_grads, debug):
+        self.graph = graph
+        self.guards = guards
+        self.out_tree = out_tree
+        self.input_grads = input_grads      # argument positions whose .grad the graph sets
+        self.runner = build_runner(graph, debug)
+        self.calls = 0
+
+    def failed_guard(self):
+        for description, reader, expected in self.guards.values():
+            try:
+                now = reader()
+            except Exception:  # noqa: BLE001 - a guard that cannot be read has failed
+                return f"{description} can no longer be read"
+            if now != expected:
+                return f"{description} changed from {expected!r} to {now!r}"
+        return None
+
+    def __call__(self, tensors):
+        self.calls += 1
+        outs = self.runner([t.data for t in tensors])
+        return outs
+
+
+class JitFunction:
+    """A function compiled by ``em.jit``. Call it like the original."""
+
+    def __init__(self, fn, dynamic_batch=False, debug=False):
+        functools.update_wrapper(self, fn, updated=())
+        self.fn = fn
+        self.dynamic_batch = dynamic_batch
+        self.debug = debug
+        self.cache: dict = {}
+        self.traces = 0
+        self.compile_seconds = []
+
+    # ---- keys ----------------------------------------------------------------------------
+    def _signature(self, args, kwargs):
+        tensors, _ = _flatten((args, kwargs))
+        sig = tuple((t.data.shape, str(t.data.dtype), t.requires_grad) for t in tensors)
+        return (sig, _static_key((args, kwargs)), GradMode.enabled), tensors
+
+    def __call__(self, *args, **kwargs):
+        key, tensors = self._signature(args, kwargs)
+        compiled = self.cache.get(key)
+        if compiled is not None:
+            reason = compiled.failed_guard()
+            if reason is not None:
+                log.debug("em.jit(%s): retracing because %s", self.__name__, reason)
+                compiled = None
+        else:
+            reason = "a new input signature" if self.cache else "the first call"
+        if compiled is None:
+            compiled = self.cache[key] = self._compile(args, kwargs, reason)
+        return self._run(compiled, tensors, args, kwargs)
+
+    def _run(self, compiled, tensors, args, kwargs):
+        outputs, grads = compiled(tensors)
+        for (tensor, _, _), g in zip(compiled.graph.grads, grads):
+            target = tensors[tensor] if isinstance(tensor, int) else tensor
+            target.grad = None if g is None else Tensor._make(g)
+        flat = [Tensor._make(o) if isinstance(o, np.ndarray) else o for o in outputs]
+        return compiled.out_tree(flat)
+
+    # ---- tracing ---------------------------------------------------------------------------
+    def trace(self, *args, **kwargs):
+        """Trace without compiling: returns (graph, guards, output tree)."""
+        tracer = Tracer()
+        graph = tracer.graph
+        tensors, rebuild = _flatten((args, kwargs))
+        sym_tensors = []
+        for i, t in enumerate(tensors):
+            v = graph.new_value(t.data.shape, t.data.dtype, "input", ref=i)
+            graph.inputs.append(v)
+            s = Tensor._make(Sym(v))
+            s.requires_grad = t.requires_grad
+            tracer.origin[id(s)] = ("input", i)
+            sym_tensors.append(s)
+        sym_args, sym_kwargs = rebuild(sym_tensors)
+        with tracing(tracer):
+            out = self.fn(*sym_args, **sym_kwargs)
+        input_positions = {id(s): i for i, s in enumerate(sym_tensors)}
+        tracer.finish()
+        out_leaves, out_rebuild = _flatten(out)
+        graph.outputs = [tracer.value_of(t) for t in out_leaves]
+        # gradients of the arguments themselves are assigned to the caller's tensors
+        graph.grads = [(input_positions.get(id(t), t), v, had) for t, v, had in graph.grads]
+        return graph, tracer.guards, out_rebuild
+
+    def _compile(self, args, kwargs, reason):
+        t0 = time.perf_counter()
+        graph, guards, out_rebuild = self.trace(*args, **kwargs)
+        self.traces += 1
+        debug = _debug_enabled(self.debug)
+        if debug:
+            print(f"em.jit({self.__name__}): tracing because of {reason}\n--- traced graph "
+                  f"({len(graph.nodes)} nodes)\n{graph}")
+        graph = passes.optimize(graph, debug=debug)
+        compiled = Compiled(graph, guards, out_rebuild, None, debug)
+        dt = time.perf_counter() - t0
+        self.compile_seconds.append(dt)
+        log.debug("em.jit(%s): traced and compiled %d nodes in %.3f s (%s)", self.__name__, len(graph.nodes), dt,
+                  reason)
+        return compiled
+
+    def graph(self, *args, **kwargs):
+        """The optimized graph for these example arguments (printable; ``.to_dot()`` for Graphviz)."""
+        graph, _, _ = self.trace(*args, **kwargs)
+        return passes.optimize(graph)
+
+    def __get__(self, obj, objtype=None):  # decorating a method
+        if obj is None:
+            return self
+        bound = self.__dict__.setdefault("_bound", {})
+        fn = bound.get(id(obj))
+        if fn is None:
+            fn = bound[id(obj)] = JitFunction(self.fn.__get__(obj, objtype), self.dynamic_batch, self.debug)
+        return fn
+
+
+def jit(fn=None, *, dynamic_batch=False, debug=False):
+    """Compile ``fn`` (a function of tensors, or an ``nn.Module``) into a graph.
+
+    The first call with a given input signature traces ``fn`` with symbolic tensors (Python
+    control flow is resolved then), optimizes the graph and compiles it; later calls with the
+    same signature run the compiled graph. ``fn`` may call ``loss.backward()`` and
+    ``optimizer.step()``: the whole training step is compiled, parameters and optimizer state
+    are updated in place. Use as ``@em.jit`` or ``em.jit(model)``.
+    """
+    if fn is None:
+        return lambda f: jit(f, dynamic_batch=dynamic_batch, debug=debug)
+    from ..nn.module import Module
+
+    if isinstance(fn, Module):
+        return JitModule(fn, dynamic_batch, debug)
+    return JitFunction(fn, dynamic_batch, debug)
+
+
+class JitModule:
+    """``em.jit(model)``: calls run the module's forward compiled; attributes pass through."""
+
+    def __init__(self, module, dynamic_batch=False, debug=False):
+        object.__setattr__(self, "module", module)
+        object.__setattr__(self, "forward", JitFunction(module.__call__, dynamic_batch, debug))
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def graph(self, *args, **kwargs):
+        return self.forward.graph(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+
+__all__ = ["jit", "JitFunction", "TraceError", "Value"]

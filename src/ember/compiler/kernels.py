@@ -1,0 +1,135 @@
+"""Numba kernels for fused elementwise groups, cached on disk.
+
+A group of elementwise nodes over one iteration shape becomes one loop nest: each element
+of each output is computed from the inputs' elements (broadcast by index), every
+intermediate staying in registers. The kernel source is written to a file under the cache
+directory (``$EMBER_CACHE_DIR`` or ``~/.cache/ember/kernels``) named by its hash, so numba's
+own on-disk cache lets a second process load the compiled code instead of compiling again.
+Numba is imported here only, i.e. only when something is compiled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+
+import numpy as np
+
+# Kernels run on one thread unless very large: OpenBLAS's threads stay busy right after a
+# matmul, and two thread pools contending on 2 cores cost more than a second thread gains.
+PARALLEL_MIN_ELEMENTS = 1 << 21
+_LOADED: dict = {}
+
+
+def cache_dir():
+    root = os.environ.get("EMBER_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "ember")
+    path = os.path.join(root, "kernels")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _literal_expr(a):
+    value = a.reshape(()).item()
+    if a.dtype == np.bool_:
+        return repr(bool(value))
+    return f"np.{a.dtype.name}({value!r})"
+
+
+def kernel_source(shape, inputs, members, outputs):
+    """Source of a module with ``kernel`` (parallel) and ``kernel_serial`` functions.
+
+    shape: the iteration shape; inputs: list of (name, shape or None for an inlined literal,
+    literal array); members: list of (name, expression); outputs: list of member names.
+    """
+    nd = max(len(shape), 1)
+    loops = [f"a{k}" for k in range(nd)]
+    params = [name for name, ishape, _ in inputs if ishape is not None] + [f"out_{o}" for o in outputs]
+    body = []
+    for name, ishape, lit in inputs:
+        if ishape is None:
+            body.append(f"{name} = {_literal_expr(lit)}")
+            continue
+        ishape = tuple(ishape) or (1,)  # 0-d inputs arrive reshaped to (1,)
+        # right-aligned broadcasting: size-1 (or missing) dims read index 0
+        idx = []
+        offset = nd - max(len(ishape), 1)
+        for k in range(max(len(ishape), 1)):
+            size = ishape[k] if ishape else 1
+            full = shape[offset + k] if shape else 1
+            idx.append("0" if size == 1 and full != 1 else loops[offset + k])
+        body.append(f"{name} = {name}_arr[{', '.join(idx)}]")
+    body += [f"{name} = {expr}" for name, expr in members]
+    body += [f"out_{o}[{', '.join(loops)}] = {o}" for o in outputs]
+
+    def function(fname, parallel):
+        lines = [f"@numba.njit(parallel={parallel}, cache=True, nogil=True, error_model='numpy', fastmath=False)",
+                 f"def {fname}({', '.join(p if p.startswith('out_') else p + '_arr' for p in params)}):"]
+        ref = f"out_{outputs[0]}"
+        indent = "    "
+        for k, var in enumerate(loops):
+            rng = "numba.prange" if (k == 0 and parallel) else "range"
+            lines.append(f"{indent}for {var} in {rng}({ref}.shape[{k}]):")
+            indent += "    "
+        lines += [indent + b for b in body]
+        return "\n".join(lines)
+
+    return "\n".join(["# ember fused kernel (format 2)", "import math", "import numba", "import numpy as np", "", "",
+                      function("kernel", True), "", "", function("kernel_serial", False), ""])
+
+
+def load_kernel_module(source):
+    digest = hashlib.sha256(source.encode()).hexdigest()[:24]
+    mod = _LOADED.get(digest)
+    if mod is not None:
+        return mod
+    path = os.path.join(cache_dir(), f"k_{digest}.py")
+    if not os.path.exists(path):  # never rewrite: numba's cache is keyed on the file's timestamp
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(source)
+        os.replace(tmp, path)
+    name = f"ember_kernel_{digest}"  # top-level: numba's cache re-imports the module by name
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    _LOADED[digest] = mod
+    return mod
+
+
+def make_kernel(shape, inputs, members, outputs, out_dtypes, out_buffers=None):
+    """A callable ``f(*input_arrays) -> tuple of output arrays`` running the fused group.
+
+    ``out_buffers[i]``: an array to write output i into (a state array updated in place, or a
+    buffer reused by every run), or None for a new array per run.
+    """
+    source = kernel_source(shape, inputs, members, outputs)
+    mod = load_kernel_module(source)
+    size = int(np.prod(shape)) if shape else 1
+    fn = mod.kernel if size >= PARALLEL_MIN_ELEMENTS else mod.kernel_serial
+    run_shape = tuple(shape) if shape else (1,)
+    dtypes = [np.dtype(d) for d in out_dtypes]
+    scalar_out = not shape
+
+    full = tuple(run_shape)
+
+    buffers = list(out_buffers or [None] * len(dtypes))
+    fixed = [None if b is None else b.reshape(run_shape) for b in buffers]
+
+    def run(*arrays):
+        # 0-d inputs become (1,); full-size inputs in another memory order (e.g. a transposed
+        # gradient) are copied to C order, since the loop nest walks memory in C order
+        arrays = tuple(a.reshape(1) if a.ndim == 0 else
+                       (np.ascontiguousarray(a) if a.shape == full and not a.flags.c_contiguous else a)
+                       for a in arrays)
+        outs = tuple(np.empty(run_shape, d) if f is None else f for f, d in zip(fixed, dtypes))
+        fn(*arrays, *outs)
+        if scalar_out:
+            return tuple(o.reshape(()) for o in outs)
+        return outs
+
+    run.source = source
+    run.numba_function = fn
+    return run

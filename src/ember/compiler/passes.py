@@ -1,0 +1,310 @@
+"""Graph passes. Each takes a Graph and returns it optimized; each is tested on its own.
+
+  dce       drop nodes whose results nothing needs
+  cse       compute identical (op, inputs, attrs) once
+  fold      evaluate nodes whose inputs are all literals
+  simplify  algebra: x*1, x+0, x-0, x/1, --x, cast to the same dtype, reshape to the same
+            shape, reshape of reshape, permute of permute
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .ir import Value
+
+#: primitives that must run every time even if two calls look identical
+IMPURE = {"random"}
+
+
+def _replace_uses(graph, mapping):
+    """Point every use of a value in ``mapping`` at its replacement."""
+    if not mapping:
+        return
+
+    def follow(v):
+        while v.id in mapping:
+            v = mapping[v.id]
+        return v
+
+    for node in graph.nodes:
+        node.inputs = [follow(v) for v in node.inputs]
+    graph.outputs = [follow(v) if isinstance(v, Value) else v for v in graph.outputs]
+    graph.writes = [(a, follow(v)) for a, v in graph.writes]
+    graph.grads = [(t, None if v is None else follow(v), h) for t, v, h in graph.grads]
+
+
+def dce(graph):
+    live = {v.id for v in graph.roots()}
+    kept = []
+    for node in reversed(graph.nodes):
+        outs = getattr(node, "outputs", None) or [node.output]
+        if any(v.id in live for v in outs):
+            kept.append(node)
+            live.update(v.id for v in node.inputs)
+    kept.reverse()
+    graph.nodes = kept
+    graph.captures = [v for v in graph.captures if v.id in live]
+    graph.scalars = [v for v in graph.scalars if v.id in live]
+    graph.grad_reads = [(t, v) for t, v in graph.grad_reads if v.id in live]
+    return graph
+
+
+def _attr_key(obj):
+    if isinstance(obj, np.ndarray):
+        return ("array", obj.dtype.str, obj.shape, obj.tobytes())
+    if isinstance(obj, dict):
+        return tuple((k, _attr_key(v)) for k, v in sorted(obj.items()))
+    if isinstance(obj, (list, tuple)):
+        return (type(obj).__name__,) + tuple(_attr_key(o) for o in obj)
+    if isinstance(obj, slice):
+        return ("slice", obj.start, obj.stop, obj.step)
+    try:
+        hash(obj)
+        return obj
+    except TypeError:
+        return ("id", id(obj))
+
+
+def cse(graph):
+    seen = {}
+    mapping = {}
+    kept = []
+    for node in graph.nodes:
+        node.inputs = [mapping.get(v.id, v) for v in node.inputs]
+        if node.op.name in IMPURE:
+            kept.append(node)
+            continue
+        key = (node.op.name, tuple(v.id for v in node.inputs), _attr_key(node.attrs))
+        prior = seen.get(key)
+        if prior is not None:
+            mapping[node.output.id] = prior
+        else:
+            seen[key] = node.output
+            kept.append(node)
+    graph.nodes = kept
+    _replace_uses(graph, mapping)
+    return graph
+
+
+def fold(graph, max_size=1 << 16):
+    """Evaluate nodes whose inputs are all literals (small results become literals)."""
+    kept = []
+    mapping = {}
+    for node in graph.nodes:
+        node.inputs = [mapping.get(v.id, v) for v in node.inputs]
+        if node.inputs and node.op.name not in IMPURE and all(v.kind == "literal" for v in node.inputs):
+            result = np.asarray(node.op.forward(*[v.literal for v in node.inputs], **node.attrs))
+            if result.size <= max_size:
+                lit = graph.new_value(result.shape, result.dtype, "literal", literal=result)
+                mapping[node.output.id] = lit
+                continue
+        kept.append(node)
+    graph.nodes = kept
+    _replace_uses(graph, mapping)
+    return graph
+
+
+def _single_use(graph, value):
+    uses = sum(1 for n in graph.nodes for v in n.inputs if v is value)
+    return uses == 1 and value.id not in {r.id for r in graph.roots()}
+
+
+def _transposed(graph, v, before):
+    """A permute node swapping the last two dims of ``v``, inserted before ``before``."""
+    from ..ops.registry import PRIMITIVES
+
+    n = len(v.shape)
+    dims = tuple(range(n - 2)) + (n - 1, n - 2)
+    shape = v.shape[:-2] + (v.shape[-1], v.shape[-2])
+    out = graph.new_value(shape, v.dtype, "node")
+    from .ir import Node
+
+    node = Node(PRIMITIVES["permute"], [v], {"dims": dims}, out)
+    out.node = node
+    graph.nodes.insert(graph.nodes.index(before), node)
+    return out
+
+
+def _is_literal(v, value):
+    return v.kind == "literal" and v.literal.size == 1 and v.literal.reshape(()).item() == value
+
+
+def simplify(graph):
+    mapping = {}
+
+    def same(node, v):
+        return v.shape == node.output.shape and v.dtype == node.output.dtype
+
+    for node in graph.nodes:
+        node.inputs = [mapping.get(v.id, v) for v in node.inputs]
+        name, ins = node.op.name, node.inputs
+        replacement = None
+        if name == "mul":
+            a, b = ins
+            if _is_literal(b, 1) and same(node, a):
+                replacement = a
+            elif _is_literal(a, 1) and same(node, b):
+                replacement = b
+        elif name == "add":
+            a, b = ins
+            if _is_literal(b, 0) and same(node, a):
+                replacement = a
+            elif _is_literal(a, 0) and same(node, b):
+                replacement = b
+        elif name == "sub" and _is_literal(ins[1], 0) and same(node, ins[0]):
+            replacement = ins[0]
+        elif name == "div" and _is_literal(ins[1], 1) and same(node, ins[0]):
+            replacement = ins[0]
+        elif name == "neg" and ins[0].node is not None and ins[0].node.op.name == "neg":
+            replacement = ins[0].node.inputs[0]
+        elif name == "cast" and ins[0].dtype == node.output.dtype:
+            replacement = ins[0]
+        elif name == "reshape":
+            src = ins[0]
+            if src.shape == node.output.shape:
+                replacement = src
+            elif src.node is not None and src.node.op.name == "reshape":
+                node.inputs = [src.node.inputs[0]]
+                if node.inputs[0].shape == node.output.shape:
+                    replacement = node.inputs[0]
+        elif name == "permute":
+            src = ins[0]
+            dims = node.attrs["dims"]
+            n = len(dims)
+            swap_last = n >= 2 and dims == tuple(range(n - 2)) + (n - 1, n - 2)
+            if dims == tuple(range(len(dims))):
+                replacement = src
+            elif swap_last and src.node is not None and src.node.op.name == "matmul" \
+                    and all(len(v.shape) == n for v in src.node.inputs) and _single_use(graph, src):
+                # (A @ B)^T = B^T @ A^T: the transposed product is computed contiguous directly
+                a, b = src.node.inputs
+                node.op, node.attrs = src.node.op, {}
+                node.inputs = [_transposed(graph, b, node), _transposed(graph, a, node)]
+            elif src.node is not None and src.node.op.name == "permute":
+                inner = src.node.attrs["dims"]
+                combined = tuple(inner[d] for d in dims)
+                node.inputs = [src.node.inputs[0]]
+                node.attrs = {"dims": combined}
+                if combined == tuple(range(len(combined))):
+                    replacement = node.inputs[0]
+        if replacement is not None:
+            mapping[node.output.id] = replacement
+    _replace_uses(graph, mapping)
+    return dce(graph)
+
+
+class CallNode:
+    """A node computed by a Python function over arrays (made by passes such as scatter_sums);
+    like a fused kernel it returns a tuple of outputs."""
+
+    class _Op:
+        name = "call"
+        scalar = None
+
+    def __init__(self, label, inputs, outputs, kernel):
+        self.op = CallNode._Op()
+        self.op.name = label
+        self.label, self.inputs, self.outputs, self.kernel = label, inputs, outputs, kernel
+        self.attrs = {}
+
+    @property
+    def output(self):
+        return self.outputs[0]
+
+    def describe(self):
+        return self.label
+
+
+def _uses(graph):
+    count = {}
+    for node in graph.nodes:
+        for v in node.inputs:
+            count[v.id] = count.get(v.id, 0) + 1
+    for v in graph.roots():
+        count[v.id] = count.get(v.id, 0) + 2  # a root is never absorbed
+    return count
+
+
+def scatter_sums(graph):
+    """A sum of several ``index_put`` results (how the gradients of many slices of one tensor
+    add up, e.g. an RNN's per-step slices) becomes one buffer with each slice added in place,
+    instead of one full-size array per slice."""
+    from ..ops.indexing import _fill
+
+    uses = _uses(graph)
+    by_output = {n.output.id: n for n in graph.nodes if not hasattr(n, "outputs")}
+
+    def absorbable(v, shape):
+        n = by_output.get(v.id)
+        return n is not None and n.op.name == "add" and uses.get(v.id, 0) == 1 and v.shape == shape
+
+    replaced = {}
+    for node in graph.nodes:
+        if getattr(node.op, "name", None) != "add" or node.output.id in replaced:
+            continue
+        shape, dtype = node.output.shape, node.output.dtype
+        leaves, stack, inner = [], list(node.inputs), []
+        while stack:
+            v = stack.pop()
+            if absorbable(v, shape):
+                inner.append(by_output[v.id])
+                stack.extend(by_output[v.id].inputs)
+            else:
+                leaves.append(v)
+        if any(v.shape != shape or v.dtype != dtype for v in leaves):
+            continue
+        scatters = [v for v in leaves if v.id in by_output and by_output[v.id].op.name == "index_put"
+                    and uses.get(v.id, 0) == 1]
+        if len(scatters) < 2:
+            continue
+        dense = [v for v in leaves if v not in scatters]
+        terms, inputs = [], list(dense)
+        for v in scatters:
+            ip = by_output[v.id]
+            terms.append((len(ip.inputs) - 1, ip.attrs["template"], ip.attrs["accumulate"]))
+            inputs.extend(ip.inputs)
+        n_dense = len(dense)
+
+        def run(*arrays, n_dense=n_dense, terms=terms, shape=shape, dtype=dtype):
+            if n_dense:
+                buf = np.array(arrays[0], dtype=dtype, copy=True)
+                for a in arrays[1:n_dense]:
+                    buf += a
+            else:
+                buf = np.zeros(shape, dtype)
+            k = n_dense
+            for n_idx, template, accumulate in terms:
+                values, idx = arrays[k], arrays[k + 1:k + 1 + n_idx]
+                k += 1 + n_idx
+                index = _fill(template, idx)
+                if accumulate:
+                    np.add.at(buf, index, values)
+                else:
+                    buf[index] += values
+            return (buf,)
+
+        replaced[node.output.id] = CallNode(f"scatter_sum[{len(scatters)} slices]", inputs, [node.output], run)
+    if replaced:
+        graph.nodes = [replaced.get(n.output.id, n) if not hasattr(n, "outputs") else n for n in graph.nodes]
+        graph = dce(graph)
+    return graph
+
+
+PIPELINE = [("dce", dce), ("fold", fold), ("simplify", simplify), ("cse", cse), ("dce", dce),
+            ("scatter_sums", scatter_sums)]
+
+
+def optimize(graph, debug=False, fuse=True):
+    """Run the pass pipeline (and elementwise fusion into numba kernels when ``fuse``)."""
+    pipeline = list(PIPELINE)
+    if fuse:
+        from .fusion import fuse_elementwise
+
+        pipeline.append(("fuse", fuse_elementwise))
+    for name, p in pipeline:
+        before = len(graph.nodes)
+        graph = p(graph)
+        if debug:
+            print(f"--- after {name}: {before} -> {len(graph.nodes)} nodes")
+    return graph

@@ -1,0 +1,217 @@
+"""Tracing: running a Python function on symbolic tensors to record a graph.
+
+While a ``Tracer`` is active, ``registry.apply`` (the one gateway of every op) records a node
+instead of computing: tensor data is a ``Sym`` holding only shape and dtype. Autograd works
+unchanged on top (its rules are ember ops), so ``loss.backward()`` and the optimizer update are
+traced like the forward pass. Arrays that already existed (parameters, buffers, optimizer
+state) are *captured* by reference and read at every run; in-place updates of them become
+graph *writes*. Reading a value in Python (``.item()``, ``if x.sum() > 0``) raises a
+``TraceError`` naming the line, instead of silently baking one outcome into the graph.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+
+import numpy as np
+
+from ..errors import OpError
+from .ir import Graph
+
+#: the active tracer, or None; read by registry.apply and the engine
+ACTIVE = [None]
+
+_EMBER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class TraceError(OpError):
+    """A traced function needed a tensor's value in Python."""
+
+
+def _user_frame():
+    for frame in reversed(traceback.extract_stack()):
+        if not os.path.abspath(frame.filename).startswith(_EMBER_DIR):
+            return f"{frame.filename}:{frame.lineno}: {frame.line}"
+    return "<unknown>"
+
+
+def value_error(what):
+    return TraceError(
+        f"em.jit: {what} needs a tensor's value, which is not known while tracing "
+        f"(at {_user_frame()}). Python control flow on tensor values cannot be compiled: use "
+        "em.where(cond, a, b) for data-dependent choices, or move this part out of the jitted "
+        "function.")
+
+
+class Sym:
+    """Stands in for an ndarray while tracing: shape and dtype, and the graph value it is."""
+
+    __slots__ = ("shape", "dtype", "value")
+    __array_priority__ = 1000
+
+    def __init__(self, value):
+        self.shape, self.dtype, self.value = value.shape, value.dtype, value
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def itemsize(self):
+        return self.dtype.itemsize
+
+    def __repr__(self):
+        return f"Sym({self.dtype}{list(self.shape)})"
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def _value_needed(self, *args, **kwargs):
+        raise value_error("this operation")
+
+    item = tolist = tobytes = copy = astype = reshape = __array__ = _value_needed
+    __bool__ = __float__ = __int__ = __index__ = __iter__ = __getitem__ = _value_needed
+    __lt__ = __le__ = __gt__ = __ge__ = __eq__ = __ne__ = __add__ = __mul__ = _value_needed
+    __hash__ = object.__hash__
+
+    def __getattr__(self, name):
+        raise value_error(f"reading .{name} of a traced array")
+
+
+def is_sym(a) -> bool:
+    return type(a) is Sym
+
+
+class Tracer:
+    def __init__(self):
+        self.graph = Graph()
+        self.captured: dict = {}      # id(array) -> (array, Value)
+        self.literals: dict = {}
+        self.rebound: list = []       # (tensor, original data) restored after tracing
+        self.origin: dict = {}        # id(tensor) -> the outside array it stood for
+        self.writes: dict = {}        # id(array) -> (array, latest value)
+        self.grad_set: dict = {}      # id(tensor) -> (tensor, grad before tracing)
+        self.guards: dict = {}        # key -> (description, reader, value at trace time)
+
+    # ---- values ---------------------------------------------------------------------------
+    def value_of(self, t):
+        data = t.data
+        if type(data) is Sym:
+            return data.value
+        if not isinstance(data, np.ndarray):
+            raise TypeError(f"em.jit: unsupported tensor data {type(data).__name__}")
+        hit = self.captured.get(id(data))
+        if hit is None:
+            v = self.graph.new_value(data.shape, data.dtype, "capture", ref=data)
+            self.graph.captures.append(v)
+            self.captured[id(data)] = hit = (data, v)
+        return hit[1]
+
+    def literal(self, array):
+        """A constant embedded in the graph (scalars made by ember's own code)."""
+        a = np.asarray(array)
+        key = (a.dtype.str, a.shape, a.tobytes())
+        v = self.literals.get(key)
+        if v is None:
+            v = self.literals[key] = self.graph.new_value(a.shape, a.dtype, "literal", literal=a)
+        return v
+
+    def scalar(self, reader, dtype=np.float32):
+        """A 0-d value read from Python at every run by calling ``reader()``."""
+        v = self.graph.new_value((), dtype, "scalar", ref=reader)
+        self.graph.scalars.append(v)
+        return v
+
+    # ---- ops ----------------------------------------------------------------------------------
+    def record(self, op, inputs, attrs):
+        from ..ops.registry import Meta
+
+        if op.infer is None:
+            raise TraceError(f"em.jit: primitive {op.name} has no shape rule and cannot be traced")
+        shape, dtype = op.infer(*[Meta(t.data.shape, t.data.dtype) for t in inputs], **attrs)
+        node = self.graph.add_node(op, [self.value_of(t) for t in inputs], attrs, shape, dtype)
+        return Sym(node.output)
+
+    # ---- state updates -----------------------------------------------------------------------
+    def write(self, tensor, result):
+        """``tensor`` now holds ``result`` (a traced in-place update). Updates of outside arrays
+        become graph writes; later reads in the trace see the new value."""
+        data = tensor.data
+        if type(data) is not Sym:
+            if data.base is not None:
+                raise TraceError(f"em.jit: an in-place update of a slice or view of an outside tensor "
+                                 f"(shape {data.shape}) cannot be compiled (at {_user_frame()}); update the "
+                                 "whole tensor, or do it outside the jitted function")
+            self.origin[id(tensor)] = data
+            self.rebound.append((tensor, data))
+        value = self.value_of(result)
+        target = self.origin.get(id(tensor))
+        if target is not None:
+            self.writes[id(target)] = (target, value)
+        tensor.data = Sym(value)
+
+    def set_grad(self, tensor, grad):
+        if id(tensor) not in self.grad_set:
+            self.grad_set[id(tensor)] = (tensor, tensor.grad)
+        tensor.grad = grad
+
+    def current_grad(self, tensor):
+        """``tensor.grad`` as backward sees it. If the trace has not set it yet, the graph depends
+        on whether it existed at entry (assign vs accumulate): that becomes a guard."""
+        if id(tensor) not in self.grad_set:
+            self.guard(("grad", id(tensor)), f"whether a tensor of shape {tensor.shape} has a .grad",
+                       lambda t=tensor: t.grad is None)
+        return tensor.grad
+
+    def read_grad(self, tensor):
+        """An existing concrete ``.grad`` read at run time (gradient accumulation)."""
+        from ..tensor import Tensor
+
+        g = tensor.grad
+        if type(g.data) is Sym:
+            return g
+        v = self.graph.new_value(g.data.shape, g.data.dtype, "grad_in", ref=tensor)
+        self.graph.grad_reads.append((tensor, v))
+        return Tensor._make(Sym(v))
+
+    def guard(self, key, description, reader):
+        """Python state the trace depends on: a change at call time means retracing."""
+        if key not in self.guards:
+            self.guards[key] = (description, reader, reader())
+
+    # ---- finishing ---------------------------------------------------------------------------
+    def finish(self):
+        """Record .grad effects and put every outside tensor back as it was."""
+        for tensor, before in self.grad_set.values():
+            g = tensor.grad
+            self.graph.grads.append((tensor, None if g is None else self.value_of(g),
+                                     before is not None))
+            tensor.grad = before
+        for tensor, original in reversed(self.rebound):
+            tensor.data = original
+        self.graph.writes = list(self.writes.values())
+
+
+class tracing:
+    """Context manager activating a tracer."""
+
+    def __init__(self, tracer):
+        self.tracer = tracer
+
+    def __enter__(self):
+        if ACTIVE[0] is not None:
+            raise TraceError("em.jit: nested tracing is not supported (a jitted function called another "
+                             "jitted function while it was being traced); jit the outer function only")
+        ACTIVE[0] = self.tracer
+        return self.tracer
+
+    def __exit__(self, *exc):
+        ACTIVE[0] = None
+        return False
