@@ -108,8 +108,8 @@ class JitFunction:
         outputs, grads = compiled(tensors)
         for (tensor, _, _), g in zip(compiled.graph.grads, grads):
             target = tensors[tensor] if isinstance(tensor, int) else tensor
-            target.grad = None if g is None else Tensor._make(g)
-        flat = [Tensor._make(o) if isinstance(o, np.ndarray) else o for o in outputs]
+            target.grad = None if g is None else Tensor._make(np.asarray(g))
+        flat = [Tensor._make(np.asarray(o)) if isinstance(o, (np.ndarray, np.generic)) else o for o in outputs]
         return compiled.out_tree(flat)
 
     # ---- tracing ---------------------------------------------------------------------------

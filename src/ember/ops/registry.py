@@ -108,6 +108,8 @@ def apply(op: Primitive, inputs: tuple, attrs: dict):
         out = op.forward(*[t.data for t in inputs], **attrs)
     except Exception as exc:  # turn NumPy's message into one that names the op and shapes
         raise explain_failure(op, inputs, attrs, exc) from None
+    if type(out) is not np.ndarray:  # NumPy returns scalars for 0-d results; keep arrays
+        out = np.asarray(out)
     result = Tensor._make(out)
     if GradMode.enabled and op.differentiable:
         for t in inputs:

@@ -33,9 +33,6 @@ _OPTIMIZERS = {  # Keras's default hyperparameters for optimizers given by name
 def compile(model, optimizer, loss, metrics, jit_compile):
     from .. import optim
 
-    if jit_compile:
-        raise NotImplementedError("compile(jit_compile=True) needs ember's graph compiler (em.jit), "
-                                  "which this version does not include yet; use jit_compile=False")
     if loss is None:
         raise ValueError("compile: a loss is required, e.g. loss='sparse_categorical_crossentropy' "
                          "(probabilities) or loss='cross_entropy' (logits, PyTorch style)")
@@ -54,7 +51,17 @@ def compile(model, optimizer, loss, metrics, jit_compile):
     names = [m.name for m in metric_objs]
     if len(set(names)) != len(names):
         raise ValueError(f"compile: metric names must be unique, got {names}")
-    object.__setattr__(model, "compiled", SimpleNamespace(loss=loss_obj, metrics=metric_objs, optimizer_spec=opt_spec))
+    steps = None
+    if jit_compile:
+        from ..compiler.jit import jit
+
+        # one compiled graph per input signature for forward + loss + backward + update, and
+        # one for evaluation (traced without gradients); model.train_step may be overridden
+        steps = SimpleNamespace(train=jit(lambda x, y: model.train_step(x, y)),
+                                test=jit(lambda x, y: model.test_step(x, y)),
+                                predict=jit(lambda x: _call(model, x)))
+    object.__setattr__(model, "compiled", SimpleNamespace(loss=loss_obj, metrics=metric_objs, optimizer_spec=opt_spec,
+                                                          jit=steps))
     object.__setattr__(model, "optimizer", opt)
     model._ensure_built()
     if opt is None and not model._unbuilt_layers():
@@ -257,6 +264,8 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
     cb = CallbackList(cbs, model)
     metrics = model.compiled.metrics
     show_metrics = verbose == 1
+    jitted = model.compiled.jit
+    train_step = jitted.train if jitted is not None else model.train_step
     cb.on_train_begin()
     for epoch in range(initial_epoch, epochs):
         model.train()
@@ -270,7 +279,7 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
             xb, yb = _split_batch(batch)
             xb, yb = _as_tensor(xb), _as_tensor(yb)
             cb.on_train_batch_begin(step)
-            loss, y_pred = model.train_step(xb, yb)
+            loss, y_pred = train_step(xb, yb)
             n = _batch_size(xb)
             total += float(loss.data) * n
             count += n
@@ -301,6 +310,8 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
 def _evaluate_batches(model, batches, verbose=0):
     model.eval()
     metrics = model.compiled.metrics
+    jitted = getattr(model.compiled, "jit", None)
+    test_step = jitted.test if jitted is not None else model.test_step
     for m in metrics:
         m.reset_state()
     total, count = 0.0, 0
@@ -317,7 +328,7 @@ def _evaluate_batches(model, batches, verbose=0):
         for batch in batches:
             xb, yb = _split_batch(batch)
             xb, yb = _as_tensor(xb), _as_tensor(yb)
-            loss, y_pred = model.test_step(xb, yb)
+            loss, y_pred = test_step(xb, yb)
             n = _batch_size(xb)
             total += float(loss.data) * n
             count += n
@@ -347,10 +358,13 @@ def predict(model, x, batch_size, verbose):
     else:
         batches = x
     outs = []
+    compiled = getattr(model, "compiled", None)
+    forward = compiled.jit.predict if compiled is not None and compiled.jit is not None else \
+        (lambda xb: _call(model, xb))
     with no_grad():
         for batch in batches:
             xb, _ = _split_batch(batch)
-            out = _call(model, _as_tensor(xb))
+            out = forward(_as_tensor(xb))
             outs.append(out.data if isinstance(out, Tensor) else np.asarray(out))
     if not outs:
         raise ValueError("predict: no input batches")
