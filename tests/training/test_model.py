@@ -296,8 +296,6 @@ ERRORS = [
      r"x has 5 samples but y has 70"),
     ("summary of an unbuilt model", lambda: em.Sequential([L.Dense(3)]).summary(), ValueError,
      r"has not been built.*Input\(shape=.*summary\(input_shape="),
-    ("jit_compile", lambda: mlp().compile("adam", "mse", jit_compile=True), NotImplementedError,
-     "jit_compile=False"),
     ("functional Model(inputs, outputs)", lambda: em.Model("in", "out"), TypeError, "em.Sequential"),
     ("y with a loader", lambda: _compiled().fit(Loader(X, Y, 8), Y, verbose=0), ValueError,
      "y must not be given"),
