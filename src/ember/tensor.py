@@ -82,25 +82,37 @@ class Tensor:
         return self.data.shape[0]
 
     # ---- conversions ----------------------------------------------------------------
+    def _value(self, what):
+        """The array, or a clear error when this tensor is symbolic (being traced by em.jit)."""
+        data = self.data
+        if not isinstance(data, (np.ndarray, np.generic)):
+            from .compiler.trace import value_error
+
+            raise value_error(what)
+        return data
+
     def numpy(self) -> np.ndarray:
         if self.requires_grad:
             raise GradError("numpy(): this tensor requires grad; call .detach().numpy() to "
                             "get its values without the graph")
-        return self.data
+        return self._value("t.numpy()")
 
     def item(self):
+        self._value("t.item()")
         if self.data.size != 1:
             raise ValueError(f"item(): only a tensor with one element can be converted to a "
                              f"Python scalar, got shape {self.data.shape}")
         return self.data.reshape(()).item()
 
     def tolist(self):
-        return self.data.tolist()
+        return self._value("t.tolist()").tolist()
 
     def __float__(self):
+        self._value("float(t)")
         return float(self.item())
 
     def __int__(self):
+        self._value("int(t)")
         return int(self.item())
 
     def __index__(self):
@@ -109,6 +121,7 @@ class Tensor:
         return int(self.item())
 
     def __bool__(self):
+        self._value("using a tensor as a Python bool (if/while/and/or on a tensor)")
         if self.data.size != 1:
             raise RuntimeError(f"the truth value of a tensor with {self.data.size} elements is "
                                "ambiguous; use .any() or .all()")

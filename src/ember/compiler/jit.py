@@ -20,6 +20,7 @@ from ..autograd.functional import _flatten
 from ..tensor import Tensor
 from . import passes
 from .codegen import build_runner
+from .generalize import batch_template
 from .ir import Value
 from .trace import Sym, TraceError, Tracer, tracing
 
@@ -81,27 +82,40 @@ class JitFunction:
         self.dynamic_batch = dynamic_batch
         self.debug = debug
         self.cache: dict = {}
+        self._per_batch = set()  # dynamic-batch signatures that need one graph per batch size
         self.traces = 0
         self.compile_seconds = []
 
     # ---- keys ----------------------------------------------------------------------------
     def _signature(self, args, kwargs):
         tensors, _ = _flatten((args, kwargs))
-        sig = tuple((t.data.shape, str(t.data.dtype), t.requires_grad) for t in tensors)
-        return (sig, _static_key((args, kwargs)), GradMode.enabled), tensors
+        batch = None
+        if self.dynamic_batch and tensors and tensors[0].ndim:
+            batch = tensors[0].shape[0]
+        shapes = tuple((-1,) + t.data.shape[1:] if batch is not None and t.ndim and t.shape[0] == batch
+                       else t.data.shape for t in tensors)
+        sig = tuple((shape, str(t.data.dtype), t.requires_grad) for shape, t in zip(shapes, tensors))
+        return (sig, _static_key((args, kwargs)), GradMode.enabled), tensors, batch
 
     def __call__(self, *args, **kwargs):
-        key, tensors = self._signature(args, kwargs)
-        compiled = self.cache.get(key)
-        if compiled is not None:
-            reason = compiled.failed_guard()
+        key, tensors, batch = self._signature(args, kwargs)
+        if batch is not None and key in self._per_batch:  # no batch template: one graph per size
+            key = key + (batch,)
+        entry = self.cache.get(key)
+        if entry is not None:
+            reason = entry.failed_guard()
             if reason is not None:
                 log.debug("em.jit(%s): retracing because %s", self.__name__, reason)
-                compiled = None
+                entry = None
         else:
             reason = "a new input signature" if self.cache else "the first call"
-        if compiled is None:
-            compiled = self.cache[key] = self._compile(args, kwargs, reason)
+        if entry is None:
+            entry = self._compile(args, kwargs, reason, batch)
+            if batch is not None and not isinstance(entry, DynamicBatch):
+                self._per_batch.add(key)
+                key = key + (batch,)
+            self.cache[key] = entry
+        compiled = entry.for_batch(batch) if isinstance(entry, DynamicBatch) else entry
         return self._run(compiled, tensors, args, kwargs)
 
     def _run(self, compiled, tensors, args, kwargs):
@@ -137,11 +151,23 @@ class JitFunction:
         graph.grads = [(input_positions.get(id(t), t), v, had) for t, v, had in graph.grads]
         return graph, tracer.guards, out_rebuild
 
-    def _compile(self, args, kwargs, reason):
+    def _compile(self, args, kwargs, reason, batch=None):
         t0 = time.perf_counter()
+        if batch is not None and not self.cache:
+            # a first trace may create state (e.g. optimizer moments); trace once more after it,
+            # so that the graphs compared for the batch template all see the same state
+            self.trace(*args, **kwargs)
         graph, guards, out_rebuild = self.trace(*args, **kwargs)
         self.traces += 1
         debug = _debug_enabled(self.debug)
+        if batch is not None:
+            template = self._batch_template(graph, args, kwargs, batch)
+            if template is not None:
+                log.debug("em.jit(%s): one graph for every batch size (traced at %d and %d)", self.__name__,
+                          batch, batch + 1)
+                return DynamicBatch(template, guards, out_rebuild, debug, batch)
+            log.debug("em.jit(%s): the graph's structure depends on the batch size; compiling one graph "
+                      "per batch size instead", self.__name__)
         if debug:
             print(f"em.jit({self.__name__}): tracing because of {reason}\n--- traced graph "
                   f"({len(graph.nodes)} nodes)\n{graph}")
@@ -152,6 +178,29 @@ class JitFunction:
         log.debug("em.jit(%s): traced and compiled %d nodes in %.3f s (%s)", self.__name__, len(graph.nodes), dt,
                   reason)
         return compiled
+
+    def _batch_template(self, graph, args, kwargs, batch):
+        """Trace again at batch sizes + 1 and + 2 and describe how every shape and size in the
+        graph depends on the batch size; None if more than sizes change."""
+        tensors, rebuild = _flatten((args, kwargs))
+        others = []
+        for extra in (1, 2):
+            stand_ins = []
+            for t in tensors:  # shape-only stand-ins (tracing reads shapes and dtypes, not values)
+                shape = (batch + extra,) + t.shape[1:] if t.ndim and t.shape[0] == batch else t.shape
+                s = Tensor._make(np.broadcast_to(np.zeros((), t.data.dtype), shape))
+                s.requires_grad = t.requires_grad
+                stand_ins.append(s)
+            a2, k2 = rebuild(stand_ins)
+            try:
+                others.append(self.trace(*a2, **k2)[0])
+            except Exception as exc:  # noqa: BLE001 - any failure means: not batch-generic
+                log.debug("em.jit: tracing at batch size %d failed: %s", batch + extra, exc)
+                return None
+        template = batch_template(graph, others[0], others[1], batch)
+        if template is None:
+            log.debug("em.jit(%s): not batch-generic: %s", self.__name__, batch_template.last_reason)
+        return template
 
     def graph(self, *args, **kwargs):
         """The optimized graph for these example arguments (printable; ``.to_dot()`` for Graphviz)."""
@@ -166,6 +215,28 @@ class JitFunction:
         if fn is None:
             fn = bound[id(obj)] = JitFunction(self.fn.__get__(obj, objtype), self.dynamic_batch, self.debug)
         return fn
+
+
+class DynamicBatch:
+    """One traced graph for every batch size: shapes and size attributes are affine functions
+    of the batch size; each new size only re-runs the passes and code generation (the fused
+    kernels are shared through the kernel cache)."""
+
+    def __init__(self, template, guards, out_tree, debug, batch):
+        self.template, self.guards, self.out_tree, self.debug = template, guards, out_tree, debug
+        self.by_size = {}
+        self.calls = 0
+
+    failed_guard = Compiled.failed_guard
+
+    def for_batch(self, b):
+        compiled = self.by_size.get(b)
+        if compiled is None:
+            graph = self.template.instantiate(b)
+            compiled = self.by_size[b] = Compiled(passes.optimize(graph), self.guards, self.out_tree, None,
+                                                  self.debug)
+        self.calls += 1
+        return compiled
 
 
 def jit(fn=None, *, dynamic_batch=False, debug=False):

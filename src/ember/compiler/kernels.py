@@ -34,6 +34,9 @@ def _literal_expr(a):
     value = a.reshape(()).item()
     if a.dtype == np.bool_:
         return repr(bool(value))
+    if isinstance(value, float) and not np.isfinite(value):
+        value = "np.nan" if np.isnan(value) else ("np.inf" if value > 0 else "-np.inf")
+        return f"np.{a.dtype.name}({value})"
     return f"np.{a.dtype.name}({value!r})"
 
 

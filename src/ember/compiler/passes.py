@@ -70,6 +70,13 @@ def cse(graph):
     seen = {}
     mapping = {}
     kept = []
+    literal_ids = {}  # equal constants become one value, so nodes using them can merge
+    for v in graph.values:
+        if v.kind == "literal":
+            key = (v.literal.dtype.str, v.literal.shape, v.literal.tobytes())
+            canon = literal_ids.setdefault(key, v)
+            if canon is not v:
+                mapping[v.id] = canon
     for node in graph.nodes:
         node.inputs = [mapping.get(v.id, v) for v in node.inputs]
         if node.op.name in IMPURE:

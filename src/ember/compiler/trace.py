@@ -93,7 +93,6 @@ class Tracer:
     def __init__(self):
         self.graph = Graph()
         self.captured: dict = {}      # id(array) -> (array, Value)
-        self.literals: dict = {}
         self.rebound: list = []       # (tensor, original data) restored after tracing
         self.origin: dict = {}        # id(tensor) -> the outside array it stood for
         self.writes: dict = {}        # id(array) -> (array, latest value)
@@ -115,13 +114,11 @@ class Tracer:
         return hit[1]
 
     def literal(self, array):
-        """A constant embedded in the graph (scalars made by ember's own code)."""
+        """A constant embedded in the graph (scalars made by ember's own code). Every constant
+        gets its own value (CSE merges equal ones later), so graphs traced at different batch
+        sizes number their values alike even when constants coincide."""
         a = np.asarray(array)
-        key = (a.dtype.str, a.shape, a.tobytes())
-        v = self.literals.get(key)
-        if v is None:
-            v = self.literals[key] = self.graph.new_value(a.shape, a.dtype, "literal", literal=a)
-        return v
+        return self.graph.new_value(a.shape, a.dtype, "literal", literal=a)
 
     def scalar(self, reader, dtype=np.float32):
         """A 0-d value read from Python at every run by calling ``reader()``."""

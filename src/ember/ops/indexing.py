@@ -25,6 +25,12 @@ class IndexArg:
     def __repr__(self):
         return f"IndexArg({self.k})"
 
+    def __eq__(self, other):
+        return type(other) is IndexArg and other.k == self.k
+
+    def __hash__(self):
+        return hash(("IndexArg", self.k))
+
 
 def _fill(template, idx):
     return tuple(idx[e.k] if type(e) is IndexArg else e for e in template)

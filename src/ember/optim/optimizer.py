@@ -185,5 +185,11 @@ def _check(name, cond, what, value):
         raise ValueError(f"{name}: {what}, {value!r} was provided instead")
 
 
+def active(value) -> bool:
+    """Whether a hyperparameter is switched on. In a compiled step a scheduled value is a
+    tensor read at run time, and it is only a tensor when it was nonzero when traced."""
+    return isinstance(value, Tensor) or bool(value)
+
+
 def zeros_state(p):
     return Tensor._make(np.zeros_like(p.data))

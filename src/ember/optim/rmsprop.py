@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from .optimizer import Optimizer, _check, zeros_state
+from .optimizer import Optimizer, _check, active, zeros_state
 
 
 class RMSprop(Optimizer):
@@ -32,7 +32,7 @@ class RMSprop(Optimizer):
             avg = (sq - ga * ga).sqrt().add_(group["eps"])
         else:
             avg = sq.sqrt().add_(group["eps"])
-        if group["momentum"] > 0:
+        if active(group["momentum"]):
             buf = state["momentum_buffer"]
             buf.mul_(group["momentum"]).add_(g / avg)
             p.add_(buf, alpha=-group["lr"])

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from .optimizer import Optimizer, _check
+from .optimizer import Optimizer, _check, active, zeros_state
 
 
 class SGD(Optimizer):
@@ -22,10 +22,11 @@ class SGD(Optimizer):
         if group["weight_decay"]:
             g = g + p * group["weight_decay"]
         mom = group["momentum"]
-        if mom:
+        if active(mom):
             buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = g.detach().clone()
+            if buf is None:  # the first buffer is the gradient itself (state arrays are always ours)
+                buf = state["momentum_buffer"] = zeros_state(p)
+                buf.copy_(g)
             else:
                 buf.mul_(mom).add_(g, alpha=1 - group["dampening"])
             g = g + buf * mom if group["nesterov"] else buf
