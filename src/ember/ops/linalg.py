@@ -58,7 +58,16 @@ def _grad_b(g, out, a, b):
     return a.mT @ g
 
 
-MATMUL = primitive("matmul", np.matmul, (_grad_a, _grad_b), infer=_matmul_infer,
+def _matmul_np(a, b):
+    """np.matmul, but a stack of matrices times one matrix is a single GEMM: NumPy would call
+    BLAS once per matrix of the stack, which is slower for the short matrices of a (B, T, C)
+    activation."""
+    if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous and a.size:
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
+    return np.matmul(a, b)
+
+
+MATMUL = primitive("matmul", _matmul_np, (_grad_a, _grad_b), infer=_matmul_infer,
                    saves={0: (1,), 1: (0,)}, broadcasts=True)
 
 
