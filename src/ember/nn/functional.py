@@ -19,7 +19,7 @@ from ..ops import movement as mv
 from ..ops import reduce as rd
 from ..ops.helpers import as_tensor
 from ..ops.linalg import matmul
-from ..ops.nn import conv_out_size, fold, log_softmax, one_hot, softmax, unfold  # noqa: F401
+from ..ops.nn import conv2d_core, conv_out_size, conv_transpose2d_core, fold, log_softmax, one_hot, softmax, unfold  # noqa: F401
 from ..ops.pooling import pool_select
 from ..tensor import Tensor
 
@@ -347,13 +347,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if ho <= 0 or wo <= 0:
         raise ShapeError(f"conv2d: the kernel ({kh}, {kw}) with dilation {dilation} is larger "
                          f"than the padded input ({h + 2 * padding[0]}, {w + 2 * padding[1]})")
-    cols = unfold(x, (kh, kw), dilation, padding, stride)  # (N, C*kh*kw, L)
-    if groups == 1:
-        out = matmul(weight.reshape(o, cg * kh * kw), cols)  # (N, O, L)
-    else:
-        cols = cols.reshape(n, groups, cg * kh * kw, ho * wo)
-        out = matmul(weight.reshape(groups, o // groups, cg * kh * kw), cols)
-    out = out.reshape(n, o, ho, wo)
+    out = conv2d_core(x, weight, stride, padding, dilation, groups)
     if bias is not None:
         out = out + bias.reshape(1, o, 1, 1)
     return out.squeeze(0) if unbatched else out
@@ -391,12 +385,9 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
         raise OpError(f"conv_transpose2d: output_padding {output_padding} must be smaller than "
                       f"stride {stride} or dilation {dilation}")
-    hout = (h - 1) * stride[0] - 2 * padding[0] + dilation[0] * (kh - 1) + output_padding[0] + 1
-    wout = (w - 1) * stride[1] - 2 * padding[1] + dilation[1] * (kw - 1) + output_padding[1] + 1
-    xf = x.reshape(n, groups, cin // groups, h * w)
-    wg = weight.reshape(groups, cin // groups, cog * kh * kw).mT  # (g, Cout/g*kk, Cin/g)
-    cols = matmul(wg, xf).reshape(n, groups * cog * kh * kw, h * w)
-    out = fold(cols, (hout, wout), (kh, kw), dilation, padding, stride)
+    if (h - 1) * stride[0] - 2 * padding[0] + dilation[0] * (kh - 1) + output_padding[0] + 1 <= 0:
+        raise ShapeError(f"conv_transpose2d: padding {padding} leaves no output for input {x.shape}")
+    out = conv_transpose2d_core(x, weight, stride, padding, output_padding, groups, dilation)
     if bias is not None:
         out = out + bias.reshape(1, -1, 1, 1)
     return out.squeeze(0) if unbatched else out

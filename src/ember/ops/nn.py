@@ -206,3 +206,114 @@ def one_hot(x, num_classes=-1):
         raise OpError(f"one_hot: class values must be in [0, {num_classes}), got min "
                       f"{x.data.min()}, max {x.data.max()}")
     return apply(ONE_HOT, (x,), {"num_classes": int(num_classes)})
+
+
+# ---- convolution ----------------------------------------------------------------------
+# conv2d and conv_transpose2d are primitives (a single node each for the compiler and a
+# direct Conv/ConvTranspose for ONNX). Their NumPy forwards are im2col + one batched GEMM;
+# each one's input gradient is the other op, and the weight gradients are GEMMs over unfold,
+# so gradients of any order come from these rules.
+
+def _conv_geometry(h, w, kernel, stride, padding, dilation):
+    return (conv_out_size(h, kernel[0], stride[0], padding[0], dilation[0]),
+            conv_out_size(w, kernel[1], stride[1], padding[1], dilation[1]))
+
+
+def _conv2d_np(x, w, stride, padding, dilation, groups):
+    n = x.shape[0]
+    o, cg, kh, kw = w.shape
+    ho, wo = _conv_geometry(x.shape[2], x.shape[3], (kh, kw), stride, padding, dilation)
+    cols = _unfold_np(x, (kh, kw), dilation, padding, stride)  # (N, C*kh*kw, L)
+    if groups == 1:
+        out = np.matmul(w.reshape(o, -1), cols)
+    else:
+        out = np.matmul(w.reshape(groups, o // groups, -1), cols.reshape(n, groups, cg * kh * kw, ho * wo))
+    return out.reshape(n, o, ho, wo)
+
+
+def _conv2d_infer(x, w, stride, padding, dilation, groups):
+    if len(x.shape) != 4 or len(w.shape) != 4 or x.shape[1] != w.shape[1] * groups:
+        raise ShapeError(f"conv2d: input {tuple(x.shape)} and weight {tuple(w.shape)} do not match "
+                         f"(groups={groups}): expected (N, C, H, W) and (O, C/groups, kh, kw)")
+    ho, wo = _conv_geometry(x.shape[2], x.shape[3], w.shape[2:], stride, padding, dilation)
+    return (x.shape[0], w.shape[0], ho, wo), x.np_dtype
+
+
+def _output_padding(x_shape, g_shape, w_shape, stride, padding, dilation):
+    """What conv_transpose2d must add so that its output recovers the conv input's size."""
+    return tuple(x_shape[2 + i] - ((g_shape[2 + i] - 1) * stride[i] - 2 * padding[i]
+                                   + dilation[i] * (w_shape[2 + i] - 1) + 1) for i in range(2))
+
+
+def _conv2d_grad_x(g, out, x, w, stride, padding, dilation, groups):
+    op = _output_padding(x.shape, g.shape, w.shape, stride, padding, dilation)
+    return apply(CONV_TRANSPOSE2D, (g, w), dict(stride=stride, padding=padding, output_padding=op,
+                                               groups=groups, dilation=dilation))
+
+
+def _conv2d_grad_w(g, out, x, w, stride, padding, dilation, groups):
+    n = x.shape[0]
+    o, cg, kh, kw = w.shape
+    cols = unfold(x, (kh, kw), dilation, padding, stride)  # (N, C*kk, L)
+    length = cols.shape[-1]
+    if groups == 1:
+        gw = (g.reshape(n, o, length) @ cols.mT).sum(0)
+    else:
+        gw = (g.reshape(n, groups, o // groups, length) @ cols.reshape(n, groups, cg * kh * kw, length).mT).sum(0)
+    return gw.reshape(w.shape)
+
+
+CONV2D = primitive("conv2d", _conv2d_np, (_conv2d_grad_x, _conv2d_grad_w), infer=_conv2d_infer,
+                   saves={0: (1,), 1: (0,)})
+
+
+def _conv_t_geometry(h, w, kernel, stride, padding, output_padding, dilation):
+    return tuple((n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n, k, s, p, op, d in
+                 zip((h, w), kernel, stride, padding, output_padding, dilation))
+
+
+def _conv_t_np(x, w, stride, padding, output_padding, groups, dilation):
+    n, cin, h, wd = x.shape
+    _, cog, kh, kw = w.shape
+    hout, wout = _conv_t_geometry(h, wd, (kh, kw), stride, padding, output_padding, dilation)
+    xf = x.reshape(n, groups, cin // groups, h * wd)
+    wg = w.reshape(groups, cin // groups, cog * kh * kw).transpose(0, 2, 1)
+    cols = np.matmul(wg, xf).reshape(n, groups * cog * kh * kw, h * wd)
+    return _fold_np(cols, (hout, wout), (kh, kw), dilation, padding, stride)
+
+
+def _conv_t_infer(x, w, stride, padding, output_padding, groups, dilation):
+    if len(x.shape) != 4 or len(w.shape) != 4 or x.shape[1] != w.shape[0]:
+        raise ShapeError(f"conv_transpose2d: input {tuple(x.shape)} and weight {tuple(w.shape)} do not match: "
+                         "expected (N, Cin, H, W) and (Cin, Cout/groups, kh, kw)")
+    hout, wout = _conv_t_geometry(x.shape[2], x.shape[3], w.shape[2:], stride, padding, output_padding, dilation)
+    return (x.shape[0], w.shape[1] * groups, hout, wout), x.np_dtype
+
+
+def _conv_t_grad_x(g, out, x, w, stride, padding, output_padding, groups, dilation):
+    return apply(CONV2D, (g, w), dict(stride=stride, padding=padding, dilation=dilation, groups=groups))
+
+
+def _conv_t_grad_w(g, out, x, w, stride, padding, output_padding, groups, dilation):
+    n, cin = x.shape[:2]
+    _, cog, kh, kw = w.shape
+    cols = unfold(g, (kh, kw), dilation, padding, stride)  # (N, Cout*kk, H*W)
+    length = cols.shape[-1]
+    gw = (x.reshape(n, groups, cin // groups, length) @ cols.reshape(n, groups, cog * kh * kw, length).mT).sum(0)
+    return gw.reshape(w.shape)
+
+
+CONV_TRANSPOSE2D = primitive("conv_transpose2d", _conv_t_np, (_conv_t_grad_x, _conv_t_grad_w),
+                             infer=_conv_t_infer, saves={0: (1,), 1: (0,)})
+
+
+def conv2d_core(x, w, stride, padding, dilation, groups):
+    """The convolution without bias, on (N, C, H, W) and (O, C/groups, kh, kw)."""
+    return apply(CONV2D, (x, w), dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                                      groups=int(groups)))
+
+
+def conv_transpose2d_core(x, w, stride, padding, output_padding, groups, dilation):
+    return apply(CONV_TRANSPOSE2D, (x, w), dict(stride=tuple(stride), padding=tuple(padding),
+                                                output_padding=tuple(output_padding), groups=int(groups),
+                                                dilation=tuple(dilation)))
