@@ -184,8 +184,8 @@ long = int64
 # Heavier subpackages load on first attribute access: `em.nn`, `em.optim`, ...
 _LAZY = {"nn": "ember.nn", "optim": "ember.optim", "data": "ember.data", "layers": "ember.layers",
          "training": "ember.training", "saving": "ember.saving", "utils": "ember.utils",
-         "callbacks": "ember.training.callbacks", "compiler": "ember.compiler", "metrics": "ember.training.metrics",
-         "losses": "ember.training.losses", "cli": "ember.cli"}
+         "callbacks": "ember.training.callbacks", "compiler": "ember.compiler", "onnx": "ember.onnx",
+         "metrics": "ember.training.metrics", "losses": "ember.training.losses", "cli": "ember.cli"}
 _LAZY_ATTRS = {
     "Model": ("ember.training.model", "Model"),
     "Sequential": ("ember.training.model", "Sequential"),

@@ -39,10 +39,11 @@ class Value:
 
 
 class Node:
-    __slots__ = ("op", "inputs", "attrs", "output")
+    __slots__ = ("op", "inputs", "attrs", "output", "scope")
 
-    def __init__(self, op, inputs, attrs, output):
+    def __init__(self, op, inputs, attrs, output, scope=""):
         self.op, self.inputs, self.attrs, self.output = op, list(inputs), attrs, output
+        self.scope = scope  # the module path that made it, e.g. "blocks.0.attn" (for names)
 
 
 def _fmt_attr(v):

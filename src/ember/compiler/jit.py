@@ -81,6 +81,7 @@ class JitFunction:
         self.fn = fn
         self.dynamic_batch = dynamic_batch
         self.debug = debug
+        self.module_names = {}  # id(module) -> name: scopes in the printed graph and in ONNX names
         self.cache: dict = {}
         self._per_batch = set()  # dynamic-batch signatures that need one graph per batch size
         self.traces = 0
@@ -130,6 +131,7 @@ class JitFunction:
     def trace(self, *args, **kwargs):
         """Trace without compiling: returns (graph, guards, output tree)."""
         tracer = Tracer()
+        tracer.module_names = self.module_names
         graph = tracer.graph
         tensors, rebuild = _flatten((args, kwargs))
         sym_tensors = []
@@ -262,7 +264,9 @@ class JitModule:
 
     def __init__(self, module, dynamic_batch=False, debug=False):
         object.__setattr__(self, "module", module)
-        object.__setattr__(self, "forward", JitFunction(module.__call__, dynamic_batch, debug))
+        forward = JitFunction(module.__call__, dynamic_batch, debug)
+        forward.module_names = {id(m): name or type(m).__name__ for name, m in module.named_modules()}
+        object.__setattr__(self, "forward", forward)
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)

@@ -98,6 +98,8 @@ class Tracer:
         self.writes: dict = {}        # id(array) -> (array, latest value)
         self.grad_set: dict = {}      # id(tensor) -> (tensor, grad before tracing)
         self.guards: dict = {}        # key -> (description, reader, value at trace time)
+        self.scopes: list = []        # module paths, innermost last
+        self.module_names: dict = {}  # id(module) -> its name in the traced model
 
     # ---- values ---------------------------------------------------------------------------
     def value_of(self, t):
@@ -134,7 +136,18 @@ class Tracer:
             raise TraceError(f"em.jit: primitive {op.name} has no shape rule and cannot be traced")
         shape, dtype = op.infer(*[Meta(t.data.shape, t.data.dtype) for t in inputs], **attrs)
         node = self.graph.add_node(op, [self.value_of(t) for t in inputs], attrs, shape, dtype)
+        node.scope = self.scopes[-1] if self.scopes else ""
         return Sym(node.output)
+
+    def enter_module(self, module):
+        """Called by Module.__call__: nodes made inside get the module's path as their scope."""
+        name = self.module_names.get(id(module))
+        if name is None:
+            name = type(module).__name__
+        self.scopes.append(name)
+
+    def exit_module(self):
+        self.scopes.pop()
 
     # ---- state updates -----------------------------------------------------------------------
     def write(self, tensor, result):

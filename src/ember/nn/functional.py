@@ -20,7 +20,7 @@ from ..ops import reduce as rd
 from ..ops.helpers import as_tensor
 from ..ops.linalg import matmul
 from ..ops.nn import conv2d_core, conv_out_size, conv_transpose2d_core, fold, log_softmax, one_hot, softmax, unfold  # noqa: F401
-from ..ops.pooling import pool_select
+from ..ops.pooling import avg_pool, pool_select
 from ..tensor import Tensor
 
 # activations, re-exported under their functional names
@@ -453,23 +453,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     x, unbatched = _batched(input, 4, "avg_pool2d")
     k, s, p, d, (ho, wo), extra = _pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode,
                                                  "avg_pool2d")
-    n, c, h, w = x.shape
-    win = _pool_windows(x, k, s, p, d, extra, 0.0)
-    total = win.sum(2).reshape(n, c, ho, wo)
-    if divisor_override:
-        out = total / divisor_override
-    elif count_include_pad and not any(extra):
-        out = total / (k[0] * k[1])
-    else:
-        # count the cells each window covers: inside the input, plus padding if included
-        ones = np.ones((1, 1, h, w), dtype=x.data.dtype)
-        if count_include_pad:
-            ones = np.pad(ones, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])), constant_values=1)
-            pp = (0, 0)
-        else:
-            pp = p
-        cnt = _pool_windows(Tensor._make(ones), k, s, pp, d, extra, 0.0).sum(2).data
-        out = total / Tensor._make(cnt.reshape(1, 1, ho, wo))
+    out = avg_pool(x, k, s, (p[0], p[0] + extra[0], p[1], p[1] + extra[1]), p, (ho, wo), bool(count_include_pad),
+                   divisor_override)
     return out.squeeze(0) if unbatched else out
 
 

@@ -324,6 +324,14 @@ class Module:
         if tracer is not None:  # a compiled graph is only valid for the same train/eval mode
             tracer.guard(("training", id(self)), f"{type(self).__name__}.training",
                          lambda m=self: m.training)
+            tracer.enter_module(self)
+            try:
+                return self._call(args, kwargs)
+            finally:
+                tracer.exit_module()
+        return self._call(args, kwargs)
+
+    def _call(self, args, kwargs):
         if self._forward_pre_hooks:
             for hook in list(self._forward_pre_hooks.values()):
                 res = hook(self, args)

@@ -530,3 +530,78 @@ _SCALAR = {
 }
 for _op, _fn in _SCALAR.items():
     _op.scalar = _fn
+
+
+# ---- ONNX mappings (read by em.onnx.export): ctx emits ONNX nodes, returns the result's name --
+
+def _onnx_simple(op_type, **attrs):
+    return lambda ctx, n: ctx.emit(op_type, [ctx.input(n, k) for k in range(len(n.inputs))], **attrs)
+
+
+def _onnx_gelu(ctx, n):
+    x = ctx.input(n, 0)
+    dt = n.output.dtype
+    half = ctx.const(np.asarray(0.5, dt))
+    one = ctx.const(np.asarray(1.0, dt))
+    if n.attrs["approximate"] == "tanh":
+        cubic = ctx.emit("Mul", [ctx.emit("Mul", [x, x]), x])
+        inner = ctx.emit("Add", [x, ctx.emit("Mul", [cubic, ctx.const(np.asarray(0.044715, dt))])])
+        t = ctx.emit("Tanh", [ctx.emit("Mul", [inner, ctx.const(np.asarray(_SQRT_2_OVER_PI, dt))])])
+    else:
+        t = ctx.emit("Erf", [ctx.emit("Mul", [x, ctx.const(np.asarray(_INV_SQRT2, dt))])])
+    return ctx.emit("Mul", [ctx.emit("Mul", [x, half]), ctx.emit("Add", [one, t])])
+
+
+def _onnx_softplus(ctx, n):
+    x, beta = ctx.input(n, 0), n.attrs["beta"]
+    if beta == 1.0:
+        return ctx.emit("Softplus", [x])
+    b = ctx.const(np.asarray(beta, n.output.dtype))
+    return ctx.emit("Div", [ctx.emit("Softplus", [ctx.emit("Mul", [x, b])]), b])
+
+
+def _onnx_clamp(ctx, n):
+    dt = n.output.dtype
+    lo = "" if n.attrs["lo"] is None else ctx.const(np.asarray(n.attrs["lo"], dt))
+    hi = "" if n.attrs["hi"] is None else ctx.const(np.asarray(n.attrs["hi"], dt))
+    return ctx.emit("Clip", [ctx.input(n, 0), lo, hi])
+
+
+def _onnx_with_one(op_type, combine):
+    def mapping(ctx, n):
+        x = ctx.input(n, 0)
+        one = ctx.const(np.asarray(1.0, n.output.dtype))
+        return ctx.emit(combine, [ctx.emit(op_type, [x]), one]) if combine == "Sub" else \
+            ctx.emit(op_type, [ctx.emit(combine, [x, one])])
+    return mapping
+
+
+for _op, _mapping in {
+    ADD: _onnx_simple("Add"), SUB: _onnx_simple("Sub"), MUL: _onnx_simple("Mul"), DIV: _onnx_simple("Div"),
+    POW: _onnx_simple("Pow"), MAXIMUM: _onnx_simple("Max"), MINIMUM: _onnx_simple("Min"),
+    WHERE: _onnx_simple("Where"), NEG: _onnx_simple("Neg"), EXP: _onnx_simple("Exp"), LOG: _onnx_simple("Log"),
+    SQRT: _onnx_simple("Sqrt"), ABS: _onnx_simple("Abs"), SIGN: _onnx_simple("Sign"), SIN: _onnx_simple("Sin"),
+    COS: _onnx_simple("Cos"), TANH: _onnx_simple("Tanh"), SIGMOID: _onnx_simple("Sigmoid"),
+    RELU: _onnx_simple("Relu"), ERF: _onnx_simple("Erf"), FLOOR: _onnx_simple("Floor"),
+    CEIL: _onnx_simple("Ceil"), ROUND: _onnx_simple("Round"), EQ: _onnx_simple("Equal"), LT: _onnx_simple("Less"),
+    LE: _onnx_simple("LessOrEqual"), GT: _onnx_simple("Greater"), GE: _onnx_simple("GreaterOrEqual"),
+    LOGICAL_AND: _onnx_simple("And"), LOGICAL_OR: _onnx_simple("Or"), LOGICAL_XOR: _onnx_simple("Xor"),
+    LOGICAL_NOT: _onnx_simple("Not"), ISNAN: _onnx_simple("IsNaN"), ISINF: _onnx_simple("IsInf"),
+    REMAINDER: _onnx_simple("Mod", fmod=0),
+    NE: lambda ctx, n: ctx.emit("Not", [ctx.emit("Equal", [ctx.input(n, 0), ctx.input(n, 1)])]),
+    ISFINITE: lambda ctx, n: ctx.emit("Not", [ctx.emit("Or", [ctx.emit("IsNaN", [ctx.input(n, 0)]),
+                                                              ctx.emit("IsInf", [ctx.input(n, 0)])])]),
+    RSQRT: lambda ctx, n: ctx.emit("Reciprocal", [ctx.emit("Sqrt", [ctx.input(n, 0)])]),
+    LOG1P: _onnx_with_one("Log", "Add"), EXPM1: _onnx_with_one("Exp", "Sub"),
+    LEAKY_RELU: lambda ctx, n: ctx.emit("LeakyRelu", [ctx.input(n, 0)], alpha=n.attrs["slope"]),
+    ELU: lambda ctx, n: ctx.emit("Elu", [ctx.input(n, 0)], alpha=n.attrs["alpha"]),
+    SILU: lambda ctx, n: ctx.emit("Mul", [ctx.input(n, 0), ctx.emit("Sigmoid", [ctx.input(n, 0)])]),
+    GELU: _onnx_gelu, SOFTPLUS: _onnx_softplus, CLAMP: _onnx_clamp,
+    CAST: lambda ctx, n: ctx.emit("Cast", [ctx.input(n, 0)], to=ctx.dtype(n.attrs["dtype"])),
+    # integers: (a - a mod b) / b is exact, and Mod with fmod=0 floors like NumPy
+    FLOOR_DIVIDE: lambda ctx, n: (ctx.emit("Floor", [ctx.emit("Div", [ctx.input(n, 0), ctx.input(n, 1)])])
+                                  if n.output.dtype.kind == "f" else
+                                  ctx.emit("Div", [ctx.emit("Sub", [ctx.input(n, 0), ctx.emit(
+                                      "Mod", [ctx.input(n, 0), ctx.input(n, 1)], fmod=0)]), ctx.input(n, 1)])),
+}.items():
+    _op.onnx = _mapping

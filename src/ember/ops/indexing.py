@@ -372,3 +372,75 @@ def nonzero(x, as_tuple=False):
     if as_tuple:
         return tuple(Tensor._make(i.astype(np.int64)) for i in np.atleast_1d(a).nonzero())
     return Tensor._make(np.argwhere(a).astype(np.int64))
+
+
+# ---- ONNX mappings (read by em.onnx.export) ----------------------------------------------------
+
+_BIG = np.iinfo(np.int64)
+
+
+def _onnx_getitem(ctx, n):
+    """Basic indexing: one Slice for all slices and integers, Squeeze for the integers,
+    Unsqueeze for the Nones."""
+    template = ctx.attrs(n)["template"]
+    ndim = len(n.inputs[0].shape)
+    consumed = sum(1 for e in template if e is not None and e is not Ellipsis)
+    expanded = []
+    for e in template:
+        if e is Ellipsis:
+            expanded += [slice(None)] * (ndim - consumed)
+        else:
+            expanded.append(e)
+    expanded += [slice(None)] * (ndim - sum(1 for e in expanded if e is not None))
+    starts, ends, axes, steps, squeeze, unsqueeze = [], [], [], [], [], []
+    axis = out = 0
+    for e in expanded:
+        if e is None:
+            unsqueeze.append(out)
+            out += 1
+            continue
+        if isinstance(e, int):
+            starts.append(e)
+            ends.append(e + 1 if e != -1 else _BIG.max)
+            axes.append(axis)
+            steps.append(1)
+            squeeze.append(axis)
+        elif e != slice(None):
+            step = 1 if e.step is None else e.step
+            lo = _BIG.max if step < 0 else 0
+            hi = _BIG.min if step < 0 else _BIG.max
+            starts.append(lo if e.start is None else e.start)
+            ends.append(hi if e.stop is None else e.stop)
+            axes.append(axis)
+            steps.append(step)
+            out += 1
+        else:
+            out += 1
+        axis += 1
+    x = ctx.input(n, 0)
+    if axes:
+        x = ctx.emit("Slice", [x, ctx.shape_tensor(starts, "starts"), ctx.shape_tensor(ends, "ends"),
+                               ctx.ints(axes, "axes"), ctx.ints(steps, "steps")])
+    if squeeze:
+        x = ctx.emit("Squeeze", [x, ctx.ints(squeeze, "axes")])
+    if unsqueeze:
+        x = ctx.emit("Unsqueeze", [x, ctx.ints(unsqueeze, "axes")])
+    return x if (axes or squeeze or unsqueeze) else ctx.emit("Identity", [x])
+
+
+def _onnx_index(ctx, n):
+    template = n.attrs["template"]
+    args = [k for k, e in enumerate(template) if type(e) is IndexArg]
+    rest = [e for e in template if type(e) is not IndexArg]
+    if len(args) == 1 and all(isinstance(e, slice) and e == slice(None) for e in rest):
+        return ctx.emit("Gather", [ctx.input(n, 0), ctx.input(n, 1)], axis=args[0])  # embedding, index_select
+    if len(args) == 1 and len(template) == len(n.inputs[0].shape) and all(isinstance(e, np.ndarray) for e in rest):
+        return ctx.emit("GatherElements", [ctx.input(n, 0), ctx.input(n, 1)], axis=args[0])  # gather/take_along_dim
+    from ..onnx.export import NotExportable
+
+    raise NotExportable("index: only embedding-style lookups, index_select and gather export to ONNX; "
+                        f"this index {template!r} has no ONNX mapping")
+
+
+GETITEM.onnx = _onnx_getitem
+INDEX.onnx = _onnx_index

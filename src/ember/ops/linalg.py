@@ -236,3 +236,9 @@ def tensordot(a, b, dims=2):
         sb[j] = sa[i]
     out = [c for k, c in enumerate(sa) if k not in da] + [c for k, c in enumerate(sb) if k not in db]
     return einsum("".join(sa) + "," + "".join(sb) + "->" + "".join(out), a, b)
+
+
+# ---- ONNX mappings (read by em.onnx.export) ----------------------------------------------------
+MATMUL.onnx = lambda ctx, n: ctx.emit("MatMul", [ctx.input(n, 0), ctx.input(n, 1)])
+EINSUM.onnx = lambda ctx, n: ctx.emit("Einsum", [ctx.input(n, k) for k in range(len(n.inputs))],
+                                      equation=n.attrs["equation"])

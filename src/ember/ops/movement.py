@@ -438,3 +438,38 @@ def roll(x, shifts, dims=None):
         idx = (np.arange(x.shape[d]) - s) % x.shape[d]
         x = index_select(x, d, idx)
     return x
+
+
+# ---- ONNX mappings (read by em.onnx.export) ----------------------------------------------------
+
+def _onnx_reshape(ctx, n):
+    from ..compiler.generalize import Affine
+
+    shape = list(ctx.attrs(n)["shape"])
+    batch_dims = [k for k, d in enumerate(shape) if isinstance(d, Affine)]
+    if len(batch_dims) == 1:  # one size that depends on the batch: let Reshape infer it
+        shape[batch_dims[0]] = -1
+    return ctx.emit("Reshape", [ctx.input(n, 0), ctx.shape_tensor(shape)])
+
+
+def _onnx_pad(ctx, n):
+    widths = n.attrs["pad_width"]
+    pads = [lo for lo, _ in widths] + [hi for _, hi in widths]
+    value = ctx.const(np.asarray(n.attrs["value"], n.output.dtype))
+    return ctx.emit("Pad", [ctx.input(n, 0), ctx.ints(pads, "pads"), value], mode="constant")
+
+
+def _onnx_flip(ctx, n):
+    dims = list(n.attrs["dims"])
+    big = np.iinfo(np.int64)
+    return ctx.emit("Slice", [ctx.input(n, 0), ctx.ints([-1] * len(dims)), ctx.ints([big.min] * len(dims)),
+                              ctx.ints(dims), ctx.ints([-1] * len(dims))])
+
+
+RESHAPE.onnx = _onnx_reshape
+PERMUTE.onnx = lambda ctx, n: ctx.emit("Transpose", [ctx.input(n, 0)], perm=list(n.attrs["dims"]))
+EXPAND.onnx = lambda ctx, n: ctx.emit("Expand", [ctx.input(n, 0), ctx.shape_tensor(ctx.attrs(n)["shape"])])
+CAT.onnx = lambda ctx, n: ctx.emit("Concat", [ctx.input(n, k) for k in range(len(n.inputs))], axis=n.attrs["dim"])
+PAD.onnx = _onnx_pad
+FLIP.onnx = _onnx_flip
+COPY.onnx = lambda ctx, n: ctx.emit("Identity", [ctx.input(n, 0)])

@@ -317,3 +317,23 @@ def conv_transpose2d_core(x, w, stride, padding, output_padding, groups, dilatio
     return apply(CONV_TRANSPOSE2D, (x, w), dict(stride=tuple(stride), padding=tuple(padding),
                                                 output_padding=tuple(output_padding), groups=int(groups),
                                                 dilation=tuple(dilation)))
+
+
+# ---- ONNX mappings (read by em.onnx.export) ----------------------------------------------------
+
+def _conv_pads(padding):
+    return [padding[0], padding[1], padding[0], padding[1]]
+
+
+SOFTMAX.onnx = lambda ctx, n: ctx.emit("Softmax", [ctx.input(n, 0)], axis=n.attrs["dim"])
+LOG_SOFTMAX.onnx = lambda ctx, n: ctx.emit("LogSoftmax", [ctx.input(n, 0)], axis=n.attrs["dim"])
+CONV2D.onnx = lambda ctx, n: ctx.emit(
+    "Conv", [ctx.input(n, 0), ctx.input(n, 1)], kernel_shape=list(n.inputs[1].shape[2:]),
+    strides=list(n.attrs["stride"]), pads=_conv_pads(n.attrs["padding"]), dilations=list(n.attrs["dilation"]),
+    group=n.attrs["groups"])
+CONV_TRANSPOSE2D.onnx = lambda ctx, n: ctx.emit(
+    "ConvTranspose", [ctx.input(n, 0), ctx.input(n, 1)], kernel_shape=list(n.inputs[1].shape[2:]),
+    strides=list(n.attrs["stride"]), pads=_conv_pads(n.attrs["padding"]), dilations=list(n.attrs["dilation"]),
+    group=n.attrs["groups"], output_padding=list(n.attrs["output_padding"]))
+ONE_HOT.onnx = lambda ctx, n: ctx.emit(
+    "OneHot", [ctx.input(n, 0), ctx.ints([n.attrs["num_classes"]]), ctx.ints([0, 1])], axis=-1)

@@ -113,3 +113,90 @@ def pool_select(h, x, kernel, stride, dilation, pads, out_size):
 def pool_scatter(g, x, kernel, stride, dilation, pads, out_size):
     return apply(POOL_SCATTER, (g, x), dict(kernel=kernel, stride=stride, dilation=dilation, pads=pads,
                                             out_size=out_size))
+
+
+# ---- ONNX mappings (read by em.onnx.export) ----------------------------------------------------
+
+def _onnx_max_pool(ctx, n):
+    if n.inputs[0] is not n.inputs[1]:
+        from ..onnx.export import NotExportable
+
+        raise NotExportable("pool_select of one tensor by another's maxima (max pooling's gradient) has no "
+                            "ONNX equivalent; only max pooling itself exports")
+    t, b, lf, r = n.attrs["pads"]
+    return ctx.emit("MaxPool", [ctx.input(n, 0)], kernel_shape=list(n.attrs["kernel"]),
+                    strides=list(n.attrs["stride"]), dilations=list(n.attrs["dilation"]), pads=[t, lf, b, r])
+
+
+POOL_SELECT.onnx = _onnx_max_pool
+
+
+# ---- average pooling ----------------------------------------------------------------------------
+
+def _axis_counts(n, k, s, explicit, pad_before, out, include_pad):
+    """Cells each window covers along one axis: inside the image, plus the explicit padding if
+    it is included (the extra padding ceil_mode adds never counts, as in PyTorch)."""
+    starts = np.arange(out) * s
+    lo = 0 if include_pad else pad_before
+    hi = n + 2 * explicit if include_pad else pad_before + n
+    return np.clip(np.minimum(starts + k, hi) - np.maximum(starts, lo), 0, None)
+
+
+def _avg_divisor(x_shape, kernel, stride, pads, padding, out_size, count_include_pad, divisor):
+    if divisor:
+        return np.asarray(float(divisor))
+    h, w = x_shape[2:]
+    ch = _axis_counts(h, kernel[0], stride[0], padding[0], pads[0], out_size[0], count_include_pad)
+    cw = _axis_counts(w, kernel[1], stride[1], padding[1], pads[2], out_size[1], count_include_pad)
+    return np.outer(ch, cw).astype(np.float64)
+
+
+def _avg_np(x, kernel, stride, pads, padding, out_size, count_include_pad, divisor):
+    xp = _padded(x, pads, 0)
+    total = np.zeros(x.shape[:2] + tuple(out_size), dtype=x.dtype)
+    for rs, cs in _offsets(kernel, stride, (1, 1), out_size):
+        total += xp[:, :, rs, cs]
+    return (total / _avg_divisor(x.shape, kernel, stride, pads, padding, out_size, count_include_pad,
+                                 divisor)).astype(x.dtype, copy=False)
+
+
+def _avg_grad(g, out, x, kernel, stride, pads, padding, out_size, count_include_pad, divisor):
+    """Each window's gradient, divided by its count, spread over the window's cells (fold)."""
+    from .nn import fold
+
+    n, c, h, w = x.shape
+    t, b, lf, r = pads
+    share = g / _avg_divisor(x.shape, kernel, stride, pads, padding, out_size, count_include_pad,
+                             divisor).astype(g.dtype.np)
+    kk, length = kernel[0] * kernel[1], out_size[0] * out_size[1]
+    cols = share.reshape(n, c, 1, length).expand(n, c, kk, length).reshape(n, c * kk, length)
+    full = fold(cols, (h + t + b, w + lf + r), kernel, 1, 0, stride)
+    return full[:, :, t:t + h, lf:lf + w]
+
+
+AVG_POOL2D = primitive(
+    "avg_pool2d", _avg_np, (_avg_grad,),
+    infer=lambda x, kernel, stride, pads, padding, out_size, count_include_pad, divisor:
+        (tuple(x.shape[:2]) + tuple(out_size), x.np_dtype), saves=())
+
+
+def avg_pool(x, kernel, stride, pads, padding, out_size, count_include_pad, divisor):
+    return apply(AVG_POOL2D, (x,), dict(kernel=kernel, stride=stride, pads=pads, padding=padding,
+                                        out_size=out_size, count_include_pad=count_include_pad,
+                                        divisor=divisor))
+
+
+def _onnx_avg_pool(ctx, n):
+    a = n.attrs
+    if a["divisor"]:
+        from ..onnx.export import NotExportable
+
+        raise NotExportable("avg_pool2d with divisor_override has no ONNX equivalent")
+    t, b, lf, r = a["pads"]
+    p = a["padding"]
+    ceil = int(b > p[0] or r > p[1])
+    return ctx.emit("AveragePool", [ctx.input(n, 0)], kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
+                    pads=[p[0], p[1], p[0], p[1]], count_include_pad=int(a["count_include_pad"]), ceil_mode=ceil)
+
+
+AVG_POOL2D.onnx = _onnx_avg_pool

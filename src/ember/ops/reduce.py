@@ -386,3 +386,67 @@ def norm(x, p=2, dim=None, keepdim=False):
 def count_nonzero(x, dim=None):
     x = as_tensor(x)
     return sum(x != 0, dim)
+
+
+# ---- ONNX mappings (read by em.onnx.export) ----------------------------------------------------
+
+def _onnx_reduce(op_type, axes_as_input_from):
+    def mapping(ctx, n):
+        x = ctx.input(n, 0)
+        if n.inputs[0].dtype != n.output.dtype:
+            x = ctx.emit("Cast", [x], to=ctx.dtype(n.output.dtype))
+        dims = n.attrs.get("dims", (n.attrs.get("dim"),))
+        keep = int(n.attrs["keepdim"])
+        if not dims:
+            return ctx.emit("Identity", [x])
+        if ctx.opset >= axes_as_input_from:
+            return ctx.emit(op_type, [x, ctx.ints(dims, "axes")], keepdims=keep)
+        return ctx.emit(op_type, [x], axes=list(dims), keepdims=keep)
+    return mapping
+
+
+def _onnx_arg(op_type):
+    def mapping(ctx, n):
+        x, dim, keep = ctx.input(n, 0), n.attrs["dim"], int(n.attrs["keepdim"])
+        if dim is None:
+            flat = ctx.emit("Reshape", [x, ctx.ints([-1])])
+            out = ctx.emit(op_type, [flat], axis=0, keepdims=0)
+            return ctx.emit("Reshape", [out, ctx.ints([1] * len(n.inputs[0].shape) if keep else [])])
+        return ctx.emit(op_type, [x], axis=dim, keepdims=keep)
+    return mapping
+
+
+def _onnx_bool_reduce(op_type):
+    reduce = _onnx_reduce(op_type, 18)
+
+    def mapping(ctx, n):
+        as_int = ctx.emit("Cast", [ctx.input(n, 0)], to=ctx.dtype(np.int32))
+        out = reduce(_Renamed(ctx, n, as_int), n)
+        return ctx.emit("Cast", [out], to=ctx.dtype(np.bool_))
+    return mapping
+
+
+class _Renamed:
+    """A context whose node input 0 is another ONNX value (used to compose mappings)."""
+
+    def __init__(self, ctx, node, name):
+        self._ctx, self._node, self._name = ctx, node, name
+
+    def input(self, n, k):
+        return self._name if k == 0 else self._ctx.input(n, k)
+
+    def __getattr__(self, item):
+        return getattr(self._ctx, item)
+
+
+SUM.onnx = _onnx_reduce("ReduceSum", 13)
+AMAX.onnx = _onnx_reduce("ReduceMax", 18)
+AMIN.onnx = _onnx_reduce("ReduceMin", 18)
+PROD.onnx = _onnx_reduce("ReduceProd", 18)
+ARGMAX.onnx = _onnx_arg("ArgMax")
+ARGMIN.onnx = _onnx_arg("ArgMin")
+ALL.onnx = _onnx_bool_reduce("ReduceMin")
+ANY.onnx = _onnx_bool_reduce("ReduceMax")
+CUMSUM.onnx = lambda ctx, n: ctx.emit("CumSum", [ctx.input(n, 0) if n.inputs[0].dtype == n.output.dtype else
+                                                 ctx.emit("Cast", [ctx.input(n, 0)], to=ctx.dtype(n.output.dtype)),
+                                                 ctx.ints([n.attrs["dim"]])])
