@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from nn.test_modules import LAYERS  # tests/ is on sys.path (conftest); one layer table for all tests
 
 import ember as em
 import ember.nn as nn
 from ember.models import GPT, CharLSTM
+from nn.test_modules import LAYERS  # tests/ is on sys.path (conftest); one layer table for all tests
 
 
 def _run(path, feeds):
