@@ -1,0 +1,127 @@
+"""Run the ONNX project's backend test-suite (shipped in the ``onnx`` package) on ember's
+ONNX backend and report pass rates per suite and per operator.
+
+    python -m benchmarks.onnx_conformance [--json benchmarks/results/onnx_conformance.json]
+        [--markdown docs/onnx_conformance.md] [--filter REGEX]
+
+Suites: node (generated single-operator tests), real (nine CNN architectures, the "light"
+models that ship with onnx), simple, pytorch-converted, pytorch-operator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import platform
+import re
+import sys
+import time
+import unittest
+
+
+def _op_types(item):
+    protos = item.proto if isinstance(item.proto, list) else [item.proto]
+    ops = set()
+    for p in protos:
+        if p is not None and hasattr(p, "graph"):
+            ops.update(n.op_type for n in p.graph.node)
+    return sorted(ops)
+
+
+def run(filter_pattern=None, verbose=False):
+    import onnx.backend.test
+
+    import ember
+    from ember.onnx import OPS
+    from ember.onnx.backend import EmberBackend
+
+    backend_test = onnx.backend.test.BackendTest(EmberBackend, __name__)
+    results = []
+    pattern = re.compile(filter_pattern) if filter_pattern else None
+    items = backend_test._test_items  # category -> name -> TestItem (func, proto)
+    classes = backend_test.test_cases  # category -> unittest.TestCase class with a method per test
+    for category, tests in items.items():
+        case_cls = classes.get(f"OnnxBackend{category}Test")  # e.g. OnnxBackendNodeModelTest
+        for name, item in tests.items():
+            if not name.endswith("_cpu") or (pattern and not pattern.search(name)) or case_cls is None:
+                continue
+            suite = unittest.TestSuite()
+            suite.addTest(case_cls(name))
+            t0 = time.perf_counter()
+            outcome = unittest.TestResult()
+            suite.run(outcome)
+            status = "pass"
+            message = ""
+            if outcome.skipped:
+                status, message = "skip", outcome.skipped[0][1]
+            elif outcome.errors or outcome.failures:
+                status = "fail"
+                message = (outcome.errors or outcome.failures)[0][1].strip().splitlines()[-1][:300]
+            ops = _op_types(item) if category == "NodeModel" else []
+            results.append({"suite": category, "test": name, "status": status, "ops": ops,
+                            "seconds": round(time.perf_counter() - t0, 3), "message": message})
+            if verbose:
+                print(f"{status:4s} {category:16s} {name} {message[:120]}")
+    return {"ember_version": ember.__version__, "onnx_version": onnx.__version__,
+            "date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+            "supported_ops": sorted(OPS), "results": results}
+
+
+def summarize(report):
+    by_suite = collections.defaultdict(collections.Counter)
+    by_op = collections.defaultdict(collections.Counter)
+    supported = set(report["supported_ops"])
+    for r in report["results"]:
+        by_suite[r["suite"]][r["status"]] += 1
+        if r["suite"] == "NodeModel":
+            for op in r["ops"]:
+                by_op[op][r["status"]] += 1
+    lines = [f"ONNX backend test-suite on ember {report['ember_version']} (onnx {report['onnx_version']}, "
+             f"{report['date']})", "", "| suite | passed | failed | skipped | pass rate |", "|---|---|---|---|---|"]
+    for suite, c in sorted(by_suite.items()):
+        total = c["pass"] + c["fail"]
+        lines.append(f"| {suite} | {c['pass']} | {c['fail']} | {c['skip']} | "
+                     f"{100.0 * c['pass'] / total if total else 0:.1f}% |")
+    claimed = {op: c for op, c in by_op.items() if op in supported}
+    passed = sum(c["pass"] for c in claimed.values())
+    total = sum(c["pass"] + c["fail"] for c in claimed.values())
+    lines += ["", f"Node tests of the {len(claimed)} operators ember implements: {passed}/{total} "
+              f"({100.0 * passed / max(total, 1):.1f}%)", "",
+              "| operator | passed | failed | pass rate |", "|---|---|---|---|"]
+    for op, c in sorted(claimed.items()):
+        t = c["pass"] + c["fail"]
+        lines.append(f"| {op} | {c['pass']} | {c['fail']} | {100.0 * c['pass'] / max(t, 1):.0f}% |")
+    unsupported = sorted(op for op in by_op if op not in supported)
+    lines += ["", f"Operators in the node tests that ember does not implement ({len(unsupported)}): "
+              + ", ".join(unsupported)]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", default="benchmarks/results/onnx_conformance.json")
+    p.add_argument("--markdown", default="docs/onnx_conformance.md")
+    p.add_argument("--filter", default=None, help="only tests whose name matches this regex")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    report = run(args.filter, args.verbose)
+    text = summarize(report)
+    print(text)
+    if args.json:
+        os.makedirs(os.path.dirname(args.json), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    if args.markdown:
+        os.makedirs(os.path.dirname(args.markdown), exist_ok=True)
+        with open(args.markdown, "w") as f:
+            f.write("# ONNX conformance\n\nMeasured with `python -m benchmarks.onnx_conformance` (the ONNX "
+                    "project's backend test-suite from the installed `onnx` package, run on "
+                    "`ember.onnx.backend`).\n\n" + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
