@@ -102,7 +102,8 @@ class OnnxModel(Model):
         object.__setattr__(self, "output_names", [o.name for o in graph.output])
         for node in graph.node:
             if node.domain not in ("", "ai.onnx"):
-                raise UnsupportedOp(f"ONNX node '{node.name}' is from domain '{node.domain}', which ember does not support")
+                raise UnsupportedOp(f"ONNX node '{node.name}' is from domain '{node.domain}', which ember does "
+                                    "not support")
             if node.op_type not in OPS:
                 raise UnsupportedOp(f"ONNX operator {node.op_type} (node '{node.name}') is not supported by ember; "
                                     f"supported operators: {', '.join(sorted(OPS))}")

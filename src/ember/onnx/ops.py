@@ -490,10 +490,10 @@ def _hardmax(ctx, x):
         flat = x.reshape(int(np.prod(x.shape[:axis])), -1)
         return Tensor._make(np.eye(flat.shape[1], dtype=x.data.dtype)[flat.data.argmax(1)].reshape(x.shape))
     a = x.data
-    idx = a.argmax(axis)
-    return Tensor._make((np.expand_dims(idx, axis) == np.expand_dims(np.arange(a.shape[axis]),
-                                                                     tuple(i for i in range(a.ndim) if i != axis % a.ndim))
-                         ).astype(a.dtype))
+    axis %= a.ndim
+    winner = np.expand_dims(a.argmax(axis), axis)
+    positions = np.arange(a.shape[axis]).reshape([-1 if i == axis else 1 for i in range(a.ndim)])
+    return Tensor._make((winner == positions).astype(a.dtype))
 
 
 # ---- linear algebra ---------------------------------------------------------------------------------
