@@ -33,6 +33,9 @@ class DType:
 
 bool_ = DType("bool", np.bool_, _BOOL)
 uint8 = DType("uint8", np.uint8, _INT)
+uint16 = DType("uint16", np.uint16, _INT)
+uint32 = DType("uint32", np.uint32, _INT)
+uint64 = DType("uint64", np.uint64, _INT)
 int8 = DType("int8", np.int8, _INT)
 int16 = DType("int16", np.int16, _INT)
 int32 = DType("int32", np.int32, _INT)
@@ -41,7 +44,7 @@ float16 = DType("float16", np.float16, _FLOAT)
 float32 = DType("float32", np.float32, _FLOAT)
 float64 = DType("float64", np.float64, _FLOAT)
 
-ALL = (bool_, uint8, int8, int16, int32, int64, float16, float32, float64)
+ALL = (bool_, uint8, int8, int16, int32, int64, uint16, uint32, uint64, float16, float32, float64)
 _BY_NP = {d.np: d for d in ALL}
 _BY_NAME = {d.name: d for d in ALL}
 _BY_NAME.update({"bool_": bool_, "float": float32, "double": float64, "half": float16,
