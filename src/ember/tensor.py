@@ -128,7 +128,8 @@ class Tensor:
         return bool(self.data.reshape(()).item())
 
     def __array__(self, dtype=None, copy=None):
-        return self.data if dtype is None else self.data.astype(dtype)
+        data = self._value("np.asarray(t)")
+        return data if dtype is None else data.astype(dtype)
 
     def __iter__(self):
         if self.data.ndim == 0:

@@ -23,6 +23,8 @@ from .ir import Graph
 ACTIVE = [None]
 
 _EMBER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: frames in these packages are never "the user's line" (e.g. NumPy's printing code)
+_LIBRARY_DIRS = (_EMBER_DIR, os.path.dirname(np.__file__))
 
 
 class TraceError(OpError):
@@ -31,7 +33,7 @@ class TraceError(OpError):
 
 def _user_frame():
     for frame in reversed(traceback.extract_stack()):
-        if not os.path.abspath(frame.filename).startswith(_EMBER_DIR):
+        if not os.path.abspath(frame.filename).startswith(_LIBRARY_DIRS):
             return f"{frame.filename}:{frame.lineno}: {frame.line}"
     return "<unknown>"
 
@@ -154,6 +156,11 @@ class Tracer:
         """``tensor`` now holds ``result`` (a traced in-place update). Updates of outside arrays
         become graph writes; later reads in the trace see the new value."""
         data = tensor.data
+        if type(data) is Sym and tensor._base is not None:
+            # eager mode writes through the view into its base; the graph cannot express that
+            raise TraceError(f"em.jit: an in-place update of a slice or view (shape {tensor.shape}) cannot be "
+                             f"compiled (at {_user_frame()}); compute the result out of place (em.where, em.cat), "
+                             "or do it outside the jitted function")
         if type(data) is not Sym:
             if data.base is not None:
                 raise TraceError(f"em.jit: an in-place update of a slice or view of an outside tensor "
@@ -203,10 +210,17 @@ class Tracer:
             g = tensor.grad
             self.graph.grads.append((tensor, None if g is None else self.value_of(g),
                                      before is not None))
+        self.restore()
+        self.graph.writes = list(self.writes.values())
+
+    def restore(self):
+        """Put every outside tensor's data and ``.grad`` back as it was before tracing (also
+        when tracing failed, so a TraceError leaves parameters and state usable)."""
+        for tensor, before in self.grad_set.values():
             tensor.grad = before
         for tensor, original in reversed(self.rebound):
             tensor.data = original
-        self.graph.writes = list(self.writes.values())
+        self.grad_set, self.rebound = {}, []
 
 
 class tracing:
@@ -222,6 +236,8 @@ class tracing:
         ACTIVE[0] = self.tracer
         return self.tracer
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         ACTIVE[0] = None
+        if exc_type is not None:  # a failed trace must not leave symbolic data behind
+            self.tracer.restore()
         return False
