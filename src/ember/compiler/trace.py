@@ -110,6 +110,10 @@ class Tracer:
             return data.value
         if not isinstance(data, np.ndarray):
             raise TypeError(f"em.jit: unsupported tensor data {type(data).__name__}")
+        # the graph reads this array at every run: if the tensor is given another array later
+        # (``p.data = ...``), the graph is stale and must be traced again
+        self.guard(("data", id(t)), f"the array held by a captured tensor of shape {t.shape}",
+                   lambda t=t, data=data: t.data is data)
         hit = self.captured.get(id(data))
         if hit is None:
             v = self.graph.new_value(data.shape, data.dtype, "capture", ref=data)

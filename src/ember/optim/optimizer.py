@@ -86,6 +86,13 @@ class Optimizer:
                 if tracer is not None and isinstance(state.get("step"), int):
                     # a compiled step must count at run time, not bake in this call's count
                     state["step"] = Tensor._make(np.asarray(state["step"], dtype=np.float32))
+                if tracer is not None:
+                    # the traced update depends on which state exists (SGD's first momentum step
+                    # differs from later ones) and reads these very arrays (load_state_dict
+                    # replaces them): a change retraces
+                    tracer.guard(("optimizer state", id(self), id(p)),
+                                 f"{type(self).__name__}'s state for a parameter of shape {p.shape}",
+                                 lambda p=p: _state_signature(p, self.state.get(p)))
                 self.update(p, grad, state, group)
         return loss
 
@@ -180,6 +187,15 @@ class Optimizer:
         return "\n".join(lines) + "\n)"
 
 
+def _state_signature(p, state):
+    """Which state entries exist and which arrays they are (a guard of compiled steps)."""
+    items = []
+    for k, v in sorted((state or {}).items()):
+        if v is not None:
+            items.append((k, f"array@{id(v.data):x}" if isinstance(v, Tensor) else repr(v)))
+    return f"param@{id(p.data):x}", tuple(items)
+
+
 def _check(name, cond, what, value):
     if not cond:
         raise ValueError(f"{name}: {what}, {value!r} was provided instead")
@@ -192,4 +208,6 @@ def active(value) -> bool:
 
 
 def zeros_state(p):
-    return Tensor._make(np.zeros_like(p.data))
+    # from shape and dtype only: inside em.jit the parameter may already be symbolic (updated
+    # earlier in the traced step), and new state is always a concrete array
+    return Tensor._make(np.zeros(p.data.shape, p.data.dtype))
