@@ -46,6 +46,20 @@ def _static_key(obj):
         return ("id", id(obj))
 
 
+def _describe_change(description, before, now):
+    """``AdamW.param_groups[0]['weight_decay'] changed from 0.01 to 0.1`` for guards over
+    (key, value) pairs; the whole values otherwise."""
+    def pairs(v):
+        if isinstance(v, tuple) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in v):
+            return dict(v)
+        return None
+
+    a, b = pairs(before), pairs(now)
+    if a is not None and b is not None and a.keys() == b.keys():
+        return "; ".join(f"{description}[{k!r}] changed from {a[k]!r} to {b[k]!r}" for k in a if a[k] != b[k])
+    return f"{description} changed from {before!r} to {now!r}"
+
+
 class Compiled:
     """One traced and compiled specialisation of a function."""
 
@@ -64,7 +78,7 @@ class Compiled:
             except Exception:  # noqa: BLE001 - a guard that cannot be read has failed
                 return f"{description} can no longer be read"
             if now != expected:
-                return f"{description} changed from {expected!r} to {now!r}"
+                return _describe_change(description, expected, now)
         return None
 
     def __call__(self, tensors):
@@ -75,6 +89,9 @@ class Compiled:
 
 class JitFunction:
     """A function compiled by ``em.jit``. Call it like the original."""
+
+    #: graphs kept per input signature for different guarded states (oldest dropped first)
+    MAX_SPECIALISATIONS = 8
 
     def __init__(self, fn, dynamic_batch=False, debug=False):
         functools.update_wrapper(self, fn, updated=())
@@ -102,12 +119,18 @@ class JitFunction:
         key, tensors, batch = self._signature(args, kwargs)
         if batch is not None and key in self._per_batch:  # no batch template: one graph per size
             key = key + (batch,)
-        entry = self.cache.get(key)
-        if entry is not None:
-            reason = entry.failed_guard()
-            if reason is not None:
+        entries = self.cache.get(key)
+        entry = None
+        if entries:
+            # one specialisation per state of the guarded Python values (e.g. train and eval
+            # mode): switching back and forth reuses the graphs traced before
+            for candidate in entries:
+                if candidate.failed_guard() is None:
+                    entry = candidate
+                    break
+            if entry is None:
+                reason = entries[0].failed_guard()
                 log.debug("em.jit(%s): retracing because %s", self.__name__, reason)
-                entry = None
         else:
             reason = "a new input signature" if self.cache else "the first call"
         if entry is None:
@@ -115,7 +138,9 @@ class JitFunction:
             if batch is not None and not isinstance(entry, DynamicBatch):
                 self._per_batch.add(key)
                 key = key + (batch,)
-            self.cache[key] = entry
+            entries = self.cache.setdefault(key, [])
+            entries.insert(0, entry)
+            del entries[self.MAX_SPECIALISATIONS:]
         compiled = entry.for_batch(batch) if isinstance(entry, DynamicBatch) else entry
         return self._run(compiled, tensors, args, kwargs)
 
@@ -265,6 +290,7 @@ class JitModule:
     def __init__(self, module, dynamic_batch=False, debug=False):
         object.__setattr__(self, "module", module)
         forward = JitFunction(module.__call__, dynamic_batch, debug)
+        forward.__name__ = type(module).__name__  # em.jit(GPT) in debug messages
         forward.module_names = {id(m): name or type(m).__name__ for name, m in module.named_modules()}
         object.__setattr__(self, "forward", forward)
 
