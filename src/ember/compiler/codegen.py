@@ -15,6 +15,13 @@ def _ident(v):
     return f"v{v.id}"
 
 
+def _aliases_outside(v):
+    """Whether value ``v`` is (a view of) memory the graph does not own."""
+    while v.kind == "node" and getattr(v.node.op, "is_view", False) and v.node.inputs:
+        v = v.node.inputs[0]
+    return v.kind in ("capture", "input", "literal", "grad_in", "scalar")
+
+
 def build_runner(graph, debug=False):
     ns = {"_np": np, "_copyto": np.copyto, "_asarray": np.asarray, "_shares": np.shares_memory}
     lines = ["def run(args):"]
@@ -57,7 +64,10 @@ def build_runner(graph, debug=False):
     for i, (arr, v) in enumerate(graph.writes):
         ns[f"W{i}"] = arr
         emit(f"    _copyto(W{i}, {ref(v)})")
-    outs = ", ".join(ref(v) if hasattr(v, "kind") else repr(v) for v in graph.outputs)
+    # never hand out one buffer twice, or a buffer that is not ours (a parameter, an argument,
+    # a constant of the graph, or a view of one: passes such as x*1 -> x can make those results)
+    outs = ", ".join((f"{ref(v)}.copy()" if _aliases_outside(v) else ref(v)) if hasattr(v, "kind") else repr(v)
+                     for v in graph.outputs)
     seen = set()
     grads = []
     for _, v, _ in graph.grads:
@@ -65,8 +75,8 @@ def build_runner(graph, debug=False):
             grads.append("None")
             continue
         expr = ref(v)
-        if v.id in seen or v.kind in ("capture", "input", "literal", "grad_in"):
-            expr = f"{expr}.copy()"  # never hand out one buffer twice, or a buffer that is not ours
+        if v.id in seen or _aliases_outside(v):
+            expr = f"{expr}.copy()"
         seen.add(v.id)
         grads.append(expr)
     emit(f"    return [{outs}], [{', '.join(grads)}]")

@@ -184,11 +184,25 @@ def _in_place_writes(graph, group, position):
     return found
 
 
+def _escaping(graph):
+    """Values whose memory the caller receives: outputs and gradients, and the values they are
+    views of (a reshape of a kernel's buffer hands out that buffer), so never reused buffers."""
+    found = set()
+    stack = [v for v in graph.outputs if hasattr(v, "id")] + [v for _, v, _ in graph.grads if v is not None]
+    while stack:
+        v = stack.pop()
+        if v.id in found:
+            continue
+        found.add(v.id)
+        if v.kind == "node" and getattr(v.node.op, "is_view", False):
+            stack.extend(v.node.inputs[:1])
+    return found
+
+
 def fuse_elementwise(graph):
     graph = hoist_scalars(graph)
     roots = {v.id for v in graph.roots()}
-    escaping = {v.id for v in graph.outputs if hasattr(v, "id")} | \
-        {v.id for _, v, _ in graph.grads if v is not None}
+    escaping = _escaping(graph)
     position = {id(n): i for i, n in enumerate(graph.nodes)}
     groups = _groups(graph)
     replaced = {}

@@ -148,7 +148,11 @@ class JitFunction:
         outputs, grads = compiled(tensors)
         for (tensor, _, _), g in zip(compiled.graph.grads, grads):
             target = tensors[tensor] if isinstance(tensor, int) else tensor
-            target.grad = None if g is None else Tensor._make(np.asarray(g))
+            if g is not None:
+                g = np.asarray(g)
+                if not g.flags.writeable:  # e.g. a broadcast view: .grad must be the caller's to modify
+                    g = g.copy()
+            target.grad = None if g is None else Tensor._make(g)
         flat = [Tensor._make(np.asarray(o)) if isinstance(o, (np.ndarray, np.generic)) else o for o in outputs]
         return compiled.out_tree(flat)
 
