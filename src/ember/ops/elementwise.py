@@ -501,14 +501,15 @@ _SCALAR = {
     SUB: lambda a, b: f"({a} - {b})",
     MUL: lambda a, b: f"({a} * {b})",
     DIV: lambda a, b: f"({a} / {b})",
-    MAXIMUM: lambda a, b: f"max({a}, {b})",
-    MINIMUM: lambda a, b: f"min({a}, {b})",
+    # np.maximum/np.minimum/np.floor on scalars (as NumPy: NaN propagates, floor stays a float)
+    MAXIMUM: lambda a, b: f"np.maximum({a}, {b})",
+    MINIMUM: lambda a, b: f"np.minimum({a}, {b})",
     WHERE: lambda c, a, b: f"({a} if {c} else {b})",
     NEG: lambda x: f"(-{x})",
     SQRT: lambda x: f"math.sqrt({x})",
     RSQRT: lambda x: f"(1.0 / math.sqrt({x}))",
     ABS: lambda x: f"abs({x})",
-    RELU: lambda x: f"({x} if {x} > 0 else 0.0 * {x})",
+    RELU: lambda x: f"np.maximum({x}, 0)",
     LEAKY_RELU: lambda x, slope: f"({x} if {x} > 0 else {slope!r} * {x})",
     CLAMP: lambda x, lo, hi: (f"min(max({x}, {lo!r}), {hi!r})" if lo is not None and hi is not None
                               else f"max({x}, {lo!r})" if lo is not None else f"min({x}, {hi!r})"),
@@ -524,8 +525,8 @@ _SCALAR = {
     LOGICAL_NOT: lambda x: f"(not {x})",
     ISNAN: lambda x: f"math.isnan({x})",
     ISINF: lambda x: f"math.isinf({x})",
-    FLOOR: lambda x: f"math.floor({x})",
-    CEIL: lambda x: f"math.ceil({x})",
+    FLOOR: lambda x: f"np.floor({x})",
+    CEIL: lambda x: f"np.ceil({x})",
     SIGN: lambda x: f"(1.0 if {x} > 0 else (-1.0 if {x} < 0 else 0.0 * {x}))",
 }
 for _op, _fn in _SCALAR.items():
