@@ -79,6 +79,14 @@ def _draw(kind, shape, dtype, params, generator):
         return z if (mean, std) == (0.0, 1.0) else (z * std + mean).astype(dtype)
     if kind == "randint":
         return g.integers(params[0], params[1], size=shape).astype(dtype)
+    # the draws of em.uniform / em.normal / em.bernoulli / em.randperm (float64, then cast),
+    # so that inside em.jit they are graph nodes drawing the same numbers as eager mode
+    if kind == "uniform64":
+        return g.uniform(params[0], params[1], size=shape).astype(dtype)
+    if kind == "normal64":
+        return g.standard_normal(shape).astype(dtype)
+    if kind == "permutation":
+        return g.permutation(params[0]).astype(dtype)
     if kind == "dropout":  # keep with probability 1 - p, scaled by 1 / (1 - p)
         p = params[0]
         return (g.random(shape, dtype=np.float32) >= p) * np.asarray(1.0 / (1.0 - p), dtype=dtype)
@@ -96,6 +104,12 @@ def _random_tensor(kind, shape, dtype, params, generator):
 def dropout_mask(shape, p, dtype, generator=None):
     """Keep-mask for dropout: 1/(1-p) with probability 1-p, else 0."""
     return _random_tensor("dropout", shape, dtype, (float(p),), generator)
+
+
+def _tracing():
+    from .compiler.trace import ACTIVE
+
+    return ACTIVE[0] is not None
 
 
 def _float_dtype(dtype):
@@ -141,12 +155,22 @@ def normal(mean=0.0, std=1.0, size=None, dtype=None, generator=None, requires_gr
         size = np.broadcast_shapes(np.shape(m), np.shape(s))
     d = _float_dtype(dtype if dtype is not None else
                      (mean.dtype if isinstance(mean, Tensor) else None))
+    if _tracing():  # a graph node drawing fresh numbers at every run (not baked in)
+        z = _random_tensor("normal64", tuple(size), np.float64, (), generator)
+        m = mean.detach() if isinstance(mean, Tensor) else mean
+        s = std.detach() if isinstance(std, Tensor) else std
+        t = (z * s + m).astype(d)
+        return t.requires_grad_(True) if requires_grad else t
     arr = (_gen(generator).standard_normal(tuple(size)) * s + m).astype(d)
     return _finish(arr, requires_grad)
 
 
 def uniform(low=0.0, high=1.0, size=(), dtype=None, generator=None, requires_grad=False) -> Tensor:
     d = _float_dtype(dtype)
+    if _tracing():
+        t = _random_tensor("uniform64", (size,) if isinstance(size, int) else tuple(size), d,
+                           (float(low), float(high)), generator)
+        return t.requires_grad_(True) if requires_grad else t
     arr = _gen(generator).uniform(low, high, size=tuple(size) if not isinstance(size, int)
                                   else (size,)).astype(d)
     return _finish(arr, requires_grad)
@@ -154,11 +178,17 @@ def uniform(low=0.0, high=1.0, size=(), dtype=None, generator=None, requires_gra
 
 def randperm(n, dtype=None, generator=None) -> Tensor:
     d = _dt.int64.np if dtype is None else _dt.get_dtype(dtype).np
+    if _tracing():
+        return _random_tensor("permutation", (int(n),), d, (int(n),), generator)
     return Tensor._make(_gen(generator).permutation(n).astype(d))
 
 
 def bernoulli(p, generator=None) -> Tensor:
     """1.0 with probability ``p`` (a tensor of probabilities), else 0.0."""
+    if _tracing():
+        pt = p.detach() if isinstance(p, Tensor) else Tensor._make(np.asarray(p, dtype=np.float32))
+        u = _random_tensor("uniform64", pt.shape, np.float64, (0.0, 1.0), generator)
+        return (u < pt).astype(pt.dtype)
     pa = p.data if isinstance(p, Tensor) else np.asarray(p, dtype=np.float32)
     return Tensor._make((_gen(generator).random(pa.shape) < pa).astype(pa.dtype))
 

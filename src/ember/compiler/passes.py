@@ -39,7 +39,9 @@ def dce(graph):
     kept = []
     for node in reversed(graph.nodes):
         outs = getattr(node, "outputs", None) or [node.output]
-        if any(v.id in live for v in outs):
+        # random draws advance the generator: an unused one still runs, so the numbers drawn
+        # after it are the ones eager mode draws
+        if any(v.id in live for v in outs) or node.op.name in IMPURE:
             kept.append(node)
             live.update(v.id for v in node.inputs)
     kept.reverse()
