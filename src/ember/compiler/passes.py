@@ -1,10 +1,11 @@
 """Graph passes. Each takes a Graph and returns it optimized; each is tested on its own.
 
-  dce       drop nodes whose results nothing needs
+  dce       drop nodes whose results nothing needs (random draws always stay)
   cse       compute identical (op, inputs, attrs) once
   fold      evaluate nodes whose inputs are all literals
-  simplify  algebra: x*1, x+0, x-0, x/1, --x, cast to the same dtype, reshape to the same
-            shape, reshape of reshape, permute of permute
+  simplify  algebra: x*1, x+0, x-0, x/1, x**1, --x (1 and 0 may be constant arrays), cast to
+            the same dtype, reshape to the same shape, reshape of reshape, permute of permute,
+            transpose of a matmul
 """
 
 from __future__ import annotations
@@ -136,7 +137,12 @@ def _transposed(graph, v, before):
 
 
 def _is_literal(v, value):
-    return v.kind == "literal" and v.literal.size == 1 and v.literal.reshape(()).item() == value
+    """A constant whose every element is ``value`` (a scalar, or e.g. a folded ones(n, m))."""
+    if v.kind != "literal" or v.literal.size == 0:
+        return False
+    if v.literal.size == 1:
+        return v.literal.reshape(()).item() == value
+    return bool(np.all(v.literal == value))
 
 
 def simplify(graph):
@@ -163,7 +169,7 @@ def simplify(graph):
                 replacement = b
         elif name == "sub" and _is_literal(ins[1], 0) and same(node, ins[0]):
             replacement = ins[0]
-        elif name == "div" and _is_literal(ins[1], 1) and same(node, ins[0]):
+        elif name in ("div", "pow") and _is_literal(ins[1], 1) and same(node, ins[0]):
             replacement = ins[0]
         elif name == "neg" and ins[0].node is not None and ins[0].node.op.name == "neg":
             replacement = ins[0].node.inputs[0]
