@@ -70,6 +70,7 @@ class Compiled:
         self.input_grads = input_grads      # argument positions whose .grad the graph sets
         self.runner = build_runner(graph, debug)
         self.calls = 0
+        self.one_size = False  # a dynamic-batch first step traced for its own batch size only
 
     def failed_guard(self):
         for description, reader, expected in self.guards.values():
@@ -116,9 +117,9 @@ class JitFunction:
         return (sig, _static_key((args, kwargs)), GradMode.enabled), tensors, batch
 
     def __call__(self, *args, **kwargs):
-        key, tensors, batch = self._signature(args, kwargs)
-        if batch is not None and key in self._per_batch:  # no batch template: one graph per size
-            key = key + (batch,)
+        base, tensors, batch = self._signature(args, kwargs)
+        per_size = batch is not None and base in self._per_batch  # no batch template: one graph per size
+        key = base + (batch,) if per_size else base
         entries = self.cache.get(key)
         entry = None
         if entries:
@@ -134,10 +135,11 @@ class JitFunction:
         else:
             reason = "a new input signature" if self.cache else "the first call"
         if entry is None:
-            entry = self._compile(args, kwargs, reason, batch)
-            if batch is not None and not isinstance(entry, DynamicBatch):
-                self._per_batch.add(key)
-                key = key + (batch,)
+            entry = self._compile(args, kwargs, reason, None if per_size else batch)
+            if batch is not None and not per_size and not isinstance(entry, DynamicBatch):
+                if not entry.one_size:  # else: the next call traces the template (state now exists)
+                    self._per_batch.add(base)
+                key = base + (batch,)
             entries = self.cache.setdefault(key, [])
             entries.insert(0, entry)
             del entries[self.MAX_SPECIALISATIONS:]
@@ -184,13 +186,15 @@ class JitFunction:
 
     def _compile(self, args, kwargs, reason, batch=None):
         t0 = time.perf_counter()
-        if batch is not None and not self.cache:
-            # a first trace may create state (e.g. optimizer moments); trace once more after it,
-            # so that the graphs compared for the batch template all see the same state
-            self.trace(*args, **kwargs)
         graph, guards, out_rebuild = self.trace(*args, **kwargs)
         self.traces += 1
         debug = _debug_enabled(self.debug)
+        one_size = False
+        if batch is not None and any(reader() != value for _, reader, value in guards.values()):
+            # the trace created state (optimizer moments, SGD's first momentum buffer): its graph is
+            # right for this call only (and this batch size); the next call sees the state, fails
+            # a guard and traces the batch template, whose traces all see the same state
+            batch, one_size = None, True
         if batch is not None:
             template = self._batch_template(graph, args, kwargs, batch)
             if template is not None:
@@ -204,6 +208,7 @@ class JitFunction:
                   f"({len(graph.nodes)} nodes)\n{graph}")
         graph = passes.optimize(graph, debug=debug)
         compiled = Compiled(graph, guards, out_rebuild, None, debug)
+        compiled.one_size = one_size
         dt = time.perf_counter() - t0
         self.compile_seconds.append(dt)
         log.debug("em.jit(%s): traced and compiled %d nodes in %.3f s (%s)", self.__name__, len(graph.nodes), dt,
