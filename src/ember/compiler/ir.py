@@ -111,6 +111,10 @@ class Graph:
             lines.append(f"{node.output!r} = {node.op.name}({args}{', ' if args and attrs else ''}{attrs})")
         outs = ", ".join(_operand(v) if isinstance(v, Value) else repr(v) for v in self.outputs)
         lines.append(f"return {outs}")
+        for node in self.nodes:  # state that fused kernels update in place (memory planning)
+            for v in getattr(node, "outputs", None) or ():
+                if v.id in getattr(node, "in_place", ()):
+                    lines.append(f"write {v.name} -> state{list(v.shape)} (in place, by the kernel)")
         for arr, v in self.writes:
             lines.append(f"write {v.name} -> state{list(arr.shape)}")
         for t, v, _ in self.grads:
@@ -118,23 +122,41 @@ class Graph:
         return "\n".join(lines)
 
     def to_dot(self) -> str:
-        """Graphviz DOT text of the graph (render with ``dot -Tpng``)."""
+        """Graphviz DOT text of the graph (render with ``dot -Tpng``). A fused kernel is one box
+        listing its outputs; in-place writes and gradients are drawn as sinks like outputs."""
         out = ["digraph ember {", "  rankdir=TB;", '  node [shape=box, fontname="monospace"];']
+        names = {}  # value id -> DOT node id
+
+        def source(v, consumer):
+            if v.id in names:
+                return names[v.id]
+            if v.kind == "literal":
+                lid = f"l{v.id}_{consumer}"
+                out.append(f'  {lid} [label="{v.literal.item() if v.literal.size == 1 else "const"}", '
+                           "shape=plaintext];")
+                return lid
+            return f"v{v.id}"
+
         for v in self.inputs + self.captures + self.scalars + [v for _, v in self.grad_reads]:
+            names[v.id] = f"v{v.id}"
             out.append(f'  v{v.id} [label="{v.kind} {v.dtype}{list(v.shape)}", shape=ellipse];')
         for node in self.nodes:
-            v = node.output
-            out.append(f'  v{v.id} [label="{node.op.name}\\n{v.dtype}{list(v.shape)}"];')
+            outs = getattr(node, "outputs", None) or [node.output]
+            nid = f"v{outs[0].id}"
+            title = f"fused[{node.describe()}]" if getattr(node, "outputs", None) is not None else node.op.name
+            shapes = "\\n".join(f"{o.dtype}{list(o.shape)}" for o in outs)
+            out.append(f'  {nid} [label="{title}\\n{shapes}"];')
             for i in node.inputs:
-                if i.kind == "literal":
-                    out.append(f'  l{i.id}_{v.id} [label="{i.literal.item() if i.literal.size == 1 else "const"}",'
-                               ' shape=plaintext];')
-                    out.append(f"  l{i.id}_{v.id} -> v{v.id};")
-                else:
-                    out.append(f"  v{i.id} -> v{v.id};")
-        for k, v in enumerate(self.outputs):
-            if isinstance(v, Value):
-                out.append(f'  out{k} [label="output {k}", shape=ellipse]; v{v.id} -> out{k};')
+                out.append(f"  {source(i, nid)} -> {nid};")
+            for o in outs:
+                names[o.id] = nid
+        sinks = [(f"out{k}", f"output {k}", v) for k, v in enumerate(self.outputs) if isinstance(v, Value)]
+        sinks += [(f"w{k}", f"write state{list(arr.shape)}", v) for k, (arr, v) in enumerate(self.writes)]
+        sinks += [(f"wk{v.id}", f"write state{list(v.shape)} in place", v) for node in self.nodes
+                  for v in getattr(node, "outputs", None) or () if v.id in getattr(node, "in_place", ())]
+        sinks += [(f"g{k}", "grad", v) for k, (_, v, _) in enumerate(self.grads) if v is not None]
+        for sid, label, v in sinks:
+            out.append(f'  {sid} [label="{label}", shape=ellipse]; {source(v, sid)} -> {sid};')
         out.append("}")
         return "\n".join(out)
 
