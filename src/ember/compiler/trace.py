@@ -102,6 +102,7 @@ class Tracer:
         self.guards: dict = {}        # key -> (description, reader, value at trace time)
         self.scopes: list = []        # module paths, innermost last
         self.module_names: dict = {}  # id(module) -> its name in the traced model
+        self.holders: dict = {}       # id(tensor) -> (tensor, the array it held when captured)
 
     # ---- values ---------------------------------------------------------------------------
     def value_of(self, t):
@@ -111,9 +112,13 @@ class Tracer:
         if not isinstance(data, np.ndarray):
             raise TypeError(f"em.jit: unsupported tensor data {type(data).__name__}")
         # the graph reads this array at every run: if the tensor is given another array later
-        # (``p.data = ...``), the graph is stale and must be traced again
-        self.guard(("data", id(t)), f"the array held by a captured tensor of shape {t.shape}",
-                   lambda t=t, data=data: t.data is data)
+        # (``p.data = ...``), the graph is stale and must be traced again (one guard checks all)
+        if id(t) not in self.holders:
+            self.holders[id(t)] = (t, data)
+            self.guard(("data",), "the arrays held by captured tensors (parameters, buffers, state)",
+                       lambda holders=self.holders.values(): next(
+                           (f"a tensor of shape {t.shape} holds another array"
+                            for t, d in holders if t.data is not d), None))
         hit = self.captured.get(id(data))
         if hit is None:
             v = self.graph.new_value(data.shape, data.dtype, "capture", ref=data)

@@ -188,12 +188,12 @@ class Optimizer:
 
 
 def _state_signature(p, state):
-    """Which state entries exist and which arrays they are (a guard of compiled steps)."""
-    items = []
-    for k, v in sorted((state or {}).items()):
-        if v is not None:
-            items.append((k, f"array@{id(v.data):x}" if isinstance(v, Tensor) else repr(v)))
-    return f"param@{id(p.data):x}", tuple(items)
+    """Which state entries exist and which arrays (by id) they and the parameter are: a guard
+    of compiled steps, checked at every call."""
+    if not state:
+        return (id(p.data),)
+    return (id(p.data),) + tuple((k, id(v.data)) if type(v) is Tensor else (k, v)
+                                 for k, v in state.items() if v is not None)
 
 
 def _check(name, cond, what, value):
