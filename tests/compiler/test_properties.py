@@ -122,3 +122,22 @@ def test_random_graphs_give_eager_gradients(program, seed):
         if xe.grad is not None:
             assert xj.grad.shape == xe.shape
             _close(xj.grad.numpy(), xe.grad.numpy())
+
+
+def test_fan_out_gradients_regression_found_by_the_property_test():
+    """add hands one gradient tensor to both inputs; eager backward then added a later gradient
+    of x0 in place into that shared buffer, changing x1's gradient too."""
+    steps = [("binary", "add", (0, 1)), ("binary", "add", (0, 0)), ("binary", "add", (3, 4))]
+
+    def step(*xs):
+        _, total = run_program(steps, xs)
+        total.backward()
+        return total
+
+    for fn in (step, em.jit(step)):
+        xs = _inputs([(3, 4)] * 3, 0, requires_grad=True)
+        fn(*xs)
+        # total = mean(x0 + x1) + 2 mean(2 x0) + 3 mean(3 x0 + x1)
+        np.testing.assert_allclose(xs[0].grad.numpy(), np.full((3, 4), 14 / 12), rtol=1e-6)
+        np.testing.assert_allclose(xs[1].grad.numpy(), np.full((3, 4), 4 / 12), rtol=1e-6)
+        assert xs[2].grad is None

@@ -14,6 +14,7 @@ once with the summed gradient of its output. The rules are ember ops: with
 from __future__ import annotations
 
 import functools
+import weakref
 
 import numpy as np
 
@@ -207,7 +208,7 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
     prev = GradMode.enabled
     GradMode.enabled = bool(create_graph)
     try:
-        owned = set()  # ids of gradient buffers this backward allocated, safe to update in place
+        owned = {}  # gradient buffers this backward allocated for one key: safe to update in place
         for node in _toposort(root_nodes):
             g = grads.pop(node, None)
             if g is None:
@@ -309,6 +310,10 @@ class _Scatter:
         return Tensor._make(z)
 
 
+def _own(owned, key, data):
+    owned[id(data)] = (key, weakref.ref(data))  # (a weak reference: ids of freed arrays are reused)
+
+
 def _accumulate(table, key, gi, owned):
     """Add gradient ``gi`` into ``table[key]``, in place when the buffer is ours (only when
     backward is not recorded; with create_graph the sum stays a graph op)."""
@@ -319,15 +324,18 @@ def _accumulate(table, key, gi, owned):
     if type(acc) is _Scatter:
         if type(gi) is _Scatter:
             acc = acc.materialize()
-            owned.add(id(acc.data))
+            _own(owned, key, acc.data)
         else:
             acc, gi = gi, acc
     if type(gi) is _Scatter or (not GradMode.enabled and TRACING[0] is None and acc.data.flags.writeable):
-        if id(acc.data) not in owned:
+        # only a buffer allocated for this very key: a gradient rule may hand one tensor to
+        # several inputs (add gives g to both), so a buffer can be another key's gradient too
+        hit = owned.get(id(acc.data))
+        if hit is None or hit[0] is not key or hit[1]() is not acc.data:
             from ..tensor import Tensor
 
             acc = Tensor._make(acc.data.copy())
-            owned.add(id(acc.data))
+            _own(owned, key, acc.data)
         if type(gi) is _Scatter:
             gi.add_into(acc.data)
         else:
