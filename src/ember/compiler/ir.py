@@ -118,7 +118,8 @@ class Graph:
         for arr, v in self.writes:
             lines.append(f"write {v.name} -> state{list(arr.shape)}")
         for t, v, _ in self.grads:
-            lines.append(f"grad {'None' if v is None else v.name} -> param{list(t.shape)}")
+            target = f"input[{t}]" if isinstance(t, int) else f"param{list(t.shape)}"  # an argument's .grad
+            lines.append(f"grad {'None' if v is None else v.name} -> {target}")
         return "\n".join(lines)
 
     def to_dot(self) -> str:
