@@ -420,3 +420,12 @@ def test_dynamic_batch_training_matches_eager_and_traces_each_size_once(batchnor
     # the first step (which creates the momentum buffers) is traced on its own; then one
     # template for every size, or with BatchNorm (not batch-generic here) one graph per size
     assert fn.traces == (4 if batchnorm else 2)
+
+
+def test_graph_of_a_function_differentiating_its_arguments_prints_their_gradients():
+    def f(x, y):
+        (x * y).sum().backward()
+
+    x, y = em.randn(3, requires_grad=True), em.randn(3, requires_grad=True)
+    text = str(em.jit(f).graph(x, y))
+    assert "-> input[0]" in text and "-> input[1]" in text
