@@ -33,8 +33,11 @@ from .dtypes import bool_ as bool  # noqa: A001, F401
 from .errors import GradError, IndexingError, OpError, ShapeError  # noqa: F401
 from .ops.elementwise import (  # noqa: F401
     abs,
+    acos,
     add,
+    asin,
     astype,
+    atan,
     bitwise_and,
     bitwise_not,
     bitwise_or,

@@ -47,6 +47,7 @@ UNARY = [
     ("exp", None), ("log", (0.1, 3.0)), ("log1p", (0.0, 3.0)), ("expm1", None),
     ("sqrt", (0.1, 3.0)), ("rsqrt", (0.1, 3.0)), ("abs", None), ("sin", None), ("cos", None),
     ("tanh", None), ("sigmoid", None), ("relu", None), ("neg", None), ("erf", None),
+    ("asin", (-0.9, 0.9)), ("acos", (-0.9, 0.9)), ("atan", None),
 ]
 
 

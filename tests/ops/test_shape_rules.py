@@ -37,7 +37,8 @@ def _battery():
                  y.cos(), y.tanh(), y.sigmoid(), y.relu(), em.leaky_relu(y, 0.1), em.elu(y),
                  em.softplus(y), em.silu(y), em.gelu(y), em.gelu(y, approximate="tanh"), y.erf(),
                  y.clamp(-0.5, 0.5), y.clamp(min=0.0), y.floor(), y.ceil(), y.round(),
-                 em.where(y > 0, y, 0.0)]
+                 em.where(y > 0, y, 0.0), em.asin(y.clamp(-0.5, 0.5)), em.acos(y.clamp(-0.5, 0.5)),
+                 em.atan(y)]
     outs += [f16 + f16, f16 * 2.5, f16.exp(), f16.sigmoid(), em.gelu(f16), f16.rsqrt(), f16.sum(),
              f16.clamp(0.0, 1.0), em.softplus(f16), em.leaky_relu(f16), f16.softmax(-1)]
     outs += [i32 + u8[:1], i64 // 2, i64 % 3, i32 * i32, i8 + u8, i64.abs(), -i64, i64.sign(),

@@ -96,6 +96,9 @@ ABS = primitive("abs", np.abs, (lambda g, out, x: g * sign(x),), infer=same_infe
 SIGN = primitive("sign", np.sign, (lambda g, out, x: g * 0,), infer=same_infer, saves=())
 SIN = primitive("sin", np.sin, (lambda g, out, x: g * cos(x),), infer=same_infer)
 COS = primitive("cos", np.cos, (lambda g, out, x: -g * sin(x),), infer=same_infer)
+ASIN = primitive("asin", np.arcsin, (lambda g, out, x: g * rsqrt(1 - x * x),), infer=same_infer)
+ACOS = primitive("acos", np.arccos, (lambda g, out, x: -g * rsqrt(1 - x * x),), infer=same_infer)
+ATAN = primitive("atan", np.arctan, (lambda g, out, x: g / (1 + x * x),), infer=same_infer)
 TANH = primitive("tanh", np.tanh, (lambda g, out, x: g * (1 - out * out),), infer=same_infer,
                  saves=(), uses_out=True)
 
@@ -306,6 +309,9 @@ sqrt = _unary_float(SQRT)
 rsqrt = _unary_float(RSQRT)
 sin = _unary_float(SIN)
 cos = _unary_float(COS)
+asin = _unary_float(ASIN)
+acos = _unary_float(ACOS)
+atan = _unary_float(ATAN)
 tanh = _unary_float(TANH)
 sigmoid = _unary_float(SIGMOID)
 silu = _unary_float(SILU)
@@ -582,7 +588,8 @@ for _op, _mapping in {
     POW: _onnx_simple("Pow"), MAXIMUM: _onnx_simple("Max"), MINIMUM: _onnx_simple("Min"),
     WHERE: _onnx_simple("Where"), NEG: _onnx_simple("Neg"), EXP: _onnx_simple("Exp"), LOG: _onnx_simple("Log"),
     SQRT: _onnx_simple("Sqrt"), ABS: _onnx_simple("Abs"), SIGN: _onnx_simple("Sign"), SIN: _onnx_simple("Sin"),
-    COS: _onnx_simple("Cos"), TANH: _onnx_simple("Tanh"), SIGMOID: _onnx_simple("Sigmoid"),
+    COS: _onnx_simple("Cos"), ASIN: _onnx_simple("Asin"), ACOS: _onnx_simple("Acos"), ATAN: _onnx_simple("Atan"),
+    TANH: _onnx_simple("Tanh"), SIGMOID: _onnx_simple("Sigmoid"),
     RELU: _onnx_simple("Relu"), ERF: _onnx_simple("Erf"), FLOOR: _onnx_simple("Floor"),
     CEIL: _onnx_simple("Ceil"), ROUND: _onnx_simple("Round"), EQ: _onnx_simple("Equal"), LT: _onnx_simple("Less"),
     LE: _onnx_simple("LessOrEqual"), GT: _onnx_simple("Greater"), GE: _onnx_simple("GreaterOrEqual"),
