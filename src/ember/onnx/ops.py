@@ -91,7 +91,11 @@ _UNARY = {"Abs": em.abs, "Neg": em.neg, "Exp": em.exp, "Log": em.log, "Sqrt": em
           "Round": em.round, "Sign": em.sign, "Erf": em.erf, "Not": em.logical_not, "IsNaN": em.isnan,
           "Softsign": F.softsign, "BitwiseNot": em.bitwise_not,
           "Reciprocal": lambda x: 1.0 / x, "Tan": lambda x: em.sin(x) / em.cos(x),
-          "Softplus": lambda x: em.softplus(x, 1.0, 1e30), "Identity": lambda x: x}
+          "Softplus": lambda x: em.softplus(x, 1.0, 1e30), "Identity": lambda x: x,
+          "Asin": em.asin, "Acos": em.acos, "Atan": em.atan,
+          "Sinh": lambda x: (em.exp(x) - em.exp(-x)) / 2, "Cosh": lambda x: (em.exp(x) + em.exp(-x)) / 2,
+          "Asinh": lambda x: em.log(x + em.sqrt(x * x + 1)), "Acosh": lambda x: em.log(x + em.sqrt(x * x - 1)),
+          "Atanh": lambda x: 0.5 * em.log((1 + x) / (1 - x))}
 for _name, _fn in _UNARY.items():
     op(_name)(lambda ctx, x, _f=_fn: _f(x))
 
@@ -134,6 +138,8 @@ def _thresholded(ctx, x):
 
 @op("PRelu")
 def _prelu(ctx, x, slope):
+    if slope.ndim == 1 and x.ndim > 2 and slope.shape[0] == x.shape[1] != x.shape[-1]:
+        slope = slope.reshape((-1,) + (1,) * (x.ndim - 2))  # one slope per channel (older exporters)
     return em.where(x > 0, x, x * slope)
 
 
@@ -293,13 +299,15 @@ def _gather_elements(ctx, x, indices):
 @op("GatherND")
 def _gather_nd(ctx, x, indices):
     b = ctx.attr("batch_dims", 0)
-    if b:
-        raise ctx.unsupported("batch_dims > 0")
-    idx = indices.data
+    idx = indices.data.astype(np.int64)
     k = idx.shape[-1]
-    dims = np.array(x.shape[:k])
+    dims = np.array(x.shape[b:b + k])
     idx = np.where(idx < 0, idx + dims, idx)
-    return x[tuple(Tensor._make(idx[..., i].astype(np.int64)) for i in range(k))]
+    batch = idx.shape[:b]
+    # the leading batch dims pair up elementwise: index them with broadcast aranges
+    lead = [np.arange(n).reshape((-1,) + (1,) * (idx.ndim - 2 - i)) for i, n in enumerate(batch)]
+    return x[tuple(Tensor._make(np.broadcast_to(a, idx.shape[:-1]).copy()) for a in lead) +
+             tuple(Tensor._make(idx[..., i]) for i in range(k))]
 
 
 @op("Expand")
@@ -427,7 +435,11 @@ def _topk(ctx, x, k):
     k = _ints(k)[0]
     axis, largest = ctx.attr("axis", -1) % x.ndim, ctx.attr("largest", 1)
     a = x.data
-    order = np.argsort(-a if largest else a, axis=axis, kind="stable")
+    if largest:  # descending and stable: ties keep the lower index first
+        order = np.flip(np.argsort(np.flip(a, axis), axis=axis, kind="stable"), axis)
+        order = a.shape[axis] - 1 - order
+    else:
+        order = np.argsort(a, axis=axis, kind="stable")
     idx = np.take(order, np.arange(k), axis=axis)
     return em.take_along_dim(x, Tensor._make(idx), axis), Tensor._make(idx.astype(np.int64))
 
@@ -449,8 +461,24 @@ def _reduce(fn, since=18):
 op("ReduceSum")(_reduce(lambda x, d, k: em.sum(x, d, k).astype(x.dtype)))
 op("ReduceMean")(_reduce(lambda x, d, k: em.mean(x, d, k) if x.dtype.is_floating_point else
                          (em.sum(x, d, k) // int(np.prod([x.shape[i] for i in d]))).astype(x.dtype)))
-op("ReduceMax")(_reduce(lambda x, d, k: em.amax(x, d, k)))
-op("ReduceMin")(_reduce(lambda x, d, k: em.amin(x, d, k)))
+def _extreme(reduce, identity):
+    # ONNX defines the max/min of an empty set as the identity (-inf/+inf, or the dtype's limits).
+    def run(x, dims, keep):
+        if x.numel() == 0 and any(x.shape[d] == 0 for d in dims):
+            dt = x.data.dtype
+            if dt.kind == "f":
+                init = identity
+            elif dt.kind == "b":
+                init = identity > 0
+            else:
+                init = np.iinfo(dt).min if identity < 0 else np.iinfo(dt).max
+            return Tensor._make(getattr(np, reduce)(x.data, axis=dims, keepdims=keep, initial=init))
+        return getattr(em, reduce)(x, dims, keep)
+    return run
+
+
+op("ReduceMax")(_reduce(_extreme("amax", -np.inf)))
+op("ReduceMin")(_reduce(_extreme("amin", np.inf)))
 op("ReduceProd")(_reduce(lambda x, d, k: _prod(x, d, k)))
 op("ReduceL1")(_reduce(lambda x, d, k: em.sum(em.abs(x), d, k).astype(x.dtype)))
 op("ReduceL2")(_reduce(lambda x, d, k: em.sqrt(em.sum(x * x, d, k)).astype(x.dtype)))
@@ -556,9 +584,35 @@ def _as_2d(x, w=None):
     return x.unsqueeze(2), (None if w is None else w.unsqueeze(2))
 
 
+def _conv3d(ctx, x, w, b, strides, pads, dilations, group):
+    """3-D convolution as a sum of 2-D convolutions over the kernel's depth."""
+    x = _explicit_pad(x, [pads[0], 0, 0, pads[3], 0, 0])
+    kd = w.shape[2]
+    depth = (x.shape[2] - dilations[0] * (kd - 1) - 1) // strides[0] + 1
+    planes = []
+    for od in range(depth):
+        acc = None
+        for k in range(kd):
+            y = F.conv2d(x[:, :, od * strides[0] + k * dilations[0]], w[:, :, k], None, tuple(strides[1:]),
+                         (0, 0), tuple(dilations[1:]), group) if pads[1:3] == [0, 0] and pads[4:] == [0, 0] else \
+                F.conv2d(_explicit_pad(x[:, :, od * strides[0] + k * dilations[0]],
+                                       [pads[1], pads[2], pads[4], pads[5]]),
+                         w[:, :, k], None, tuple(strides[1:]), (0, 0), tuple(dilations[1:]), group)
+            acc = y if acc is None else acc + y
+        planes.append(acc)
+    out = em.stack(planes, 2)
+    return out if b is None else out + b.reshape(1, -1, 1, 1, 1)
+
+
 @op("Conv")
 def _conv(ctx, x, w, b=None):
     nd = w.ndim - 2
+    if nd == 3:
+        kernel = list(w.shape[2:])
+        strides = list(ctx.attr("strides") or [1] * 3)
+        dilations = list(ctx.attr("dilations") or [1] * 3)
+        pads = _same_pads(ctx, x.shape[2:], kernel, strides, dilations)
+        return _conv3d(ctx, x, w, b, strides, list(pads), dilations, ctx.attr("group", 1))
     if nd not in (1, 2):
         raise ctx.unsupported(f"{nd}-D convolution")
     kernel = ctx.attr("kernel_shape") or list(w.shape[2:])
@@ -598,7 +652,10 @@ def _conv_transpose(ctx, x, w, b=None):
             target = [1] + target
         total = [s * (n - 1) + op_ + (k - 1) * d + 1 - t
                  for n, s, op_, k, d, t in zip(spatial, strides, out_pad, kernel, dilations, target)]
-        begin = [(t // 2 if mode != "SAME_LOWER" else t - t // 2) for t in total]
+        if mode == "SAME_UPPER":
+            begin = [t // 2 for t in total]
+        else:
+            begin = [t - t // 2 for t in total]
         end = [t - b_ for t, b_ in zip(total, begin)]
         pads = begin + end
     else:
@@ -606,13 +663,18 @@ def _conv_transpose(ctx, x, w, b=None):
         if nd == 1:
             pads = [0, pads[0], 0, pads[1]]
     group = ctx.attr("group", 1)
-    sym = [min(a, c) for a, c in zip(pads[:2], pads[2:])]
+    sym = [max(min(a, c), 0) for a, c in zip(pads[:2], pads[2:])]
     out = F.conv_transpose2d(x, w, b, tuple(strides), tuple(sym), tuple(out_pad), group, tuple(dilations))
     extra_begin = [a - s for a, s in zip(pads[:2], sym)]
     extra_end = [c - s for c, s in zip(pads[2:], sym)]
-    if any(extra_begin) or any(extra_end):  # asymmetric pads crop more on one side
+    if any(extra_begin) or any(extra_end):  # asymmetric pads crop more on one side; negative ones extend
+        grow = [-min(v, 0) for v in extra_begin + extra_end]
+        if any(grow):
+            out = _explicit_pad(out, grow)
         h, wd = out.shape[2:]
-        out = out[:, :, extra_begin[0]:h - extra_end[0], extra_begin[1]:wd - extra_end[1]]
+        cb = [max(v, 0) for v in extra_begin]
+        ce = [max(v, 0) for v in extra_end]
+        out = out[:, :, cb[0]:h - ce[0], cb[1]:wd - ce[1]]
     return out.squeeze(2) if nd == 1 else out
 
 
@@ -625,41 +687,108 @@ def _pool_args(ctx, x):
     return nd, kernel, strides, dilations, pads
 
 
+def _window_slices(spatial, kernel, strides, dilations, out):
+    """For each kernel offset: the strided slices of the padded input that it reads."""
+    import itertools
+
+    for offset in itertools.product(*[range(k) for k in kernel]):
+        yield offset, tuple(slice(o * d, o * d + s * (n - 1) + 1, s)
+                            for o, d, s, n in zip(offset, dilations, strides, out))
+
+
+def _pool_out(spatial, kernel, strides, dilations, pads, ceil):
+    nd = len(kernel)
+    out = []
+    for i in range(nd):
+        span = spatial[i] + pads[i] + pads[i + nd] - dilations[i] * (kernel[i] - 1) - 1
+        n = (-(-span // strides[i]) if ceil else span // strides[i]) + 1
+        if ceil and (n - 1) * strides[i] >= spatial[i] + pads[i]:
+            n -= 1  # the last window must start inside the input or its left padding
+        out.append(n)
+    return out
+
+
+def _padded_for_pool(x, pads, out, kernel, strides, dilations, value):
+    """Pad (explicit pads, plus what ceil_mode's last windows need) with ``value``."""
+    nd = len(kernel)
+    extra = [max((o - 1) * s + d * (k - 1) + 1 - (n + pads[i] + pads[i + nd]), 0)
+             for i, (o, s, d, k, n) in enumerate(zip(out, strides, dilations, kernel, x.shape[2:]))]
+    full = list(pads[:nd]) + [p + e for p, e in zip(pads[nd:], extra)]
+    return _explicit_pad(x, full, value=value), extra
+
+
 @op("MaxPool")
 def _max_pool(ctx, x):
     nd, kernel, strides, dilations, pads = _pool_args(ctx, x)
-    if nd not in (1, 2):
-        raise ctx.unsupported(f"{nd}-D pooling")
-    if ctx.n_outputs > 1 and ctx.node.output[1]:
-        raise ctx.unsupported("the Indices output of MaxPool")
     ceil = bool(ctx.attr("ceil_mode", 0))
-    if nd == 1:
-        x = x.unsqueeze(2)
-        kernel, strides, dilations, pads = [1] + kernel, [1] + strides, [1] + dilations, [0, pads[0], 0, pads[1]]
-    if pads[:2] != pads[2:] or any(p > k // 2 for p, k in zip(pads, kernel * 2)):
-        x = _explicit_pad(x, pads, value=-np.inf)
-        pads = [0, 0, 0, 0]
-    out = F.max_pool2d(x, tuple(kernel), tuple(strides), tuple(pads[:2]), tuple(dilations), ceil)
-    return out.squeeze(2) if nd == 1 else out
+    out_shape = _pool_out(x.shape[2:], kernel, strides, dilations, pads, ceil)
+    if nd == 2 and not (ctx.n_outputs > 1 and ctx.node.output[1]) and pads[:2] == pads[2:] and \
+            all(p <= k // 2 for p, k in zip(pads[:2], kernel)):
+        return F.max_pool2d(x, tuple(kernel), tuple(strides), tuple(pads[:2]), tuple(dilations), ceil)
+    xp, _ = _padded_for_pool(x, pads, out_shape, kernel, strides, dilations, -np.inf)
+    best = None
+    for _, sl in _window_slices(x.shape[2:], kernel, strides, dilations, out_shape):
+        v = xp[(slice(None), slice(None)) + sl]
+        best = v if best is None else em.maximum(best, v)
+    if not (ctx.n_outputs > 1 and ctx.node.output[1]):
+        return best
+    # Indices: flat positions in the (unpadded) input of the first maximum of each window
+    a = xp.data
+    winner = np.full(best.shape, -1, dtype=np.int64)
+    spatial = x.shape[2:]
+    grids = np.meshgrid(*[np.arange(o) for o in out_shape], indexing="ij")
+    for offset, sl in _window_slices(spatial, kernel, strides, dilations, out_shape):
+        v = a[(slice(None), slice(None)) + sl]
+        coords = [g * s + o * d - p for g, s, o, d, p in zip(grids, strides, offset, dilations, pads[:nd])]
+        if ctx.attr("storage_order", 0) == 1 and nd == 2:
+            flat = coords[1] * spatial[0] + coords[0]
+        else:
+            flat = np.zeros_like(coords[0])
+            for c, n in zip(coords, spatial):
+                flat = flat * n + c
+        take = (v == best.data) & (winner < 0)
+        winner = np.where(take, flat, winner)
+    n, c = x.shape[:2]
+    channel_base = (np.arange(n)[:, None] * c + np.arange(c)[None, :]).reshape((n, c) + (1,) * nd) * \
+        int(np.prod(spatial))
+    return best, Tensor._make(winner + channel_base)
 
 
 @op("AveragePool")
 def _avg_pool(ctx, x):
     nd, kernel, strides, dilations, pads = _pool_args(ctx, x)
-    if nd not in (1, 2) or any(d != 1 for d in dilations):
-        raise ctx.unsupported(f"{nd}-D or dilated average pooling")
     include = bool(ctx.attr("count_include_pad", 0))
     ceil = bool(ctx.attr("ceil_mode", 0))
-    if nd == 1:
-        x = x.unsqueeze(2)
-        kernel, strides, pads = [1] + kernel, [1] + strides, [0, pads[0], 0, pads[1]]
-    if pads[:2] != pads[2:] or any(p > k // 2 for p, k in zip(pads, kernel * 2)):
-        if not include:
-            raise ctx.unsupported("asymmetric padding with count_include_pad=0")
-        x = _explicit_pad(x, pads)
-        pads = [0, 0, 0, 0]
-    out = F.avg_pool2d(x, tuple(kernel), tuple(strides), tuple(pads[:2]), ceil, include)
-    return out.squeeze(2) if nd == 1 else out
+    out_shape = _pool_out(x.shape[2:], kernel, strides, dilations, pads, ceil)
+    if nd == 2 and dilations == [1, 1] and pads[:2] == pads[2:] and \
+            all(p <= k // 2 for p, k in zip(pads[:2], kernel)):
+        return F.avg_pool2d(x, tuple(kernel), tuple(strides), tuple(pads[:2]), ceil, include)
+    xp, extra = _padded_for_pool(x, pads, out_shape, kernel, strides, dilations, 0.0)
+    # which padded cells count: the input, plus the explicit pads if count_include_pad
+    mask = np.zeros(xp.shape[2:], dtype=x.data.dtype)
+    inner = tuple(slice(0 if include else p, (p + n + q) if include else p + n)
+                  for p, q, n in zip(pads[:nd], pads[nd:], x.shape[2:]))
+    mask[inner] = 1
+    total, count = None, None
+    for _, sl in _window_slices(x.shape[2:], kernel, strides, dilations, out_shape):
+        v = xp[(slice(None), slice(None)) + sl]
+        total = v if total is None else total + v
+        m = mask[sl]
+        count = m if count is None else count + m
+    return total / Tensor._make(np.maximum(count, 1).astype(x.data.dtype))
+
+
+@op("LpPool")
+def _lp_pool(ctx, x):
+    nd, kernel, strides, dilations, pads = _pool_args(ctx, x)
+    p = ctx.attr("p", 2)
+    out_shape = _pool_out(x.shape[2:], kernel, strides, dilations, pads, bool(ctx.attr("ceil_mode", 0)))
+    xp, _ = _padded_for_pool(x, pads, out_shape, kernel, strides, dilations, 0.0)
+    total = None
+    for _, sl in _window_slices(x.shape[2:], kernel, strides, dilations, out_shape):
+        v = em.abs(xp[(slice(None), slice(None)) + sl]) ** p
+        total = v if total is None else total + v
+    return total ** (1.0 / p)
 
 
 @op("GlobalAveragePool")
@@ -674,10 +803,16 @@ def _gmp(ctx, x):
 
 @op("BatchNormalization")
 def _batch_norm(ctx, x, scale, bias, mean, var):
-    if ctx.attr("training_mode", 0):
-        raise ctx.unsupported("training_mode=1")
     eps = ctx.attr("epsilon", 1e-5)
     shape = (1, -1) + (1,) * (x.ndim - 2)
+    if ctx.attr("training_mode", 0):  # batch statistics; outputs the updated running ones
+        dims = (0,) + tuple(range(2, x.ndim))
+        mu = x.mean(dims)
+        centered = x - mu.reshape(shape)
+        v = (centered * centered).mean(dims)
+        y = centered * em.rsqrt(v.reshape(shape) + eps) * scale.reshape(shape) + bias.reshape(shape)
+        m = ctx.attr("momentum", 0.9)
+        return y, mean * m + mu * (1 - m), var * m + v * (1 - m)
     return (x - mean.reshape(shape)) * em.rsqrt(var.reshape(shape) + eps) * scale.reshape(shape) + \
         bias.reshape(shape)
 
@@ -716,7 +851,14 @@ def _lrn(ctx, x):
 @op("Dropout")
 def _dropout(ctx, x, ratio=None, training_mode=None):
     if training_mode is not None and bool(_np(training_mode).reshape(-1)[0]):
-        raise ctx.unsupported("training_mode=True")
+        p = 0.5 if ratio is None else float(_np(ratio).reshape(-1)[0])
+        if p == 0.0:
+            return (x * 1, Tensor._make(np.ones(x.shape, dtype=bool))) if ctx.n_outputs > 1 else x * 1
+        seed = ctx.attr("seed")
+        gen = em.Generator(int(seed)) if seed is not None else None
+        mask = em.random.dropout_mask(x.shape, p, x.data.dtype, gen)
+        out = x * mask
+        return (out, mask != 0) if ctx.n_outputs > 1 else out
     if ctx.n_outputs > 1:
         return x * 1, Tensor._make(np.ones(x.shape, dtype=bool))
     return x * 1
@@ -764,8 +906,8 @@ def _lstm(ctx, x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None):
     if ctx.attr("activations") not in (None, [b"Sigmoid", b"Tanh", b"Tanh"] * 2, ["Sigmoid", "Tanh", "Tanh"] * 2,
                                        [b"Sigmoid", b"Tanh", b"Tanh"], ["Sigmoid", "Tanh", "Tanh"]):
         raise ctx.unsupported("non-default activations")
-    if p is not None or ctx.attr("clip") is not None or ctx.attr("input_forget", 0):
-        raise ctx.unsupported("peepholes, clip or input_forget")
+    if ctx.attr("clip") is not None or ctx.attr("input_forget", 0):
+        raise ctx.unsupported("clip or input_forget")
     layout, direction, H, dirs, x, b, h0 = _rnn_common(ctx, x, w, r, b, seq_lens, h0, 4)
     if c0 is None:
         c0 = em.zeros(dirs, x.shape[1], H, dtype=x.dtype)
@@ -777,11 +919,15 @@ def _lstm(ctx, x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None):
         xp = em.matmul(x, w[d].mT) + b[d, :4 * H] + b[d, 4 * H:]
         h, c = h0[d], c0[d]
         outs = [None] * T
+        pi, po, pf = (None, None, None) if p is None else (p[d, :H], p[d, H:2 * H], p[d, 2 * H:])
         for t in _direction_steps(direction, d, T):
             g = xp[t] + em.matmul(h, r[d].mT)
-            i, o, f, cc = F.sigmoid(g[:, :H]), F.sigmoid(g[:, H:2 * H]), F.sigmoid(g[:, 2 * H:3 * H]), \
-                F.tanh(g[:, 3 * H:])
+            gi, go, gf = g[:, :H], g[:, H:2 * H], g[:, 2 * H:3 * H]
+            if p is not None:  # peepholes: the input and forget gates see c(t-1), the output gate c(t)
+                gi, gf = gi + pi * c, gf + pf * c
+            i, f, cc = F.sigmoid(gi), F.sigmoid(gf), F.tanh(g[:, 3 * H:])
             c = f * c + i * cc
+            o = F.sigmoid(go + po * c if p is not None else go)
             h = o * F.tanh(c)
             outs[t] = h
         outs_by_dir.append(em.stack(outs, 0))
@@ -839,3 +985,475 @@ def _rnn(ctx, x, w, r, b=None, seq_lens=None, h0=None):
         outs_by_dir.append(em.stack(outs, 0))
         hs.append(h)
     return _finish_rnn(ctx, layout, outs_by_dir, hs)
+
+
+# ---- losses, normalisations, rearrangements ------------------------------------------------------
+
+def _loss_reduce(ctx, loss, weight_sum=None):
+    reduction = ctx.attr("reduction", "mean")
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / weight_sum if weight_sum is not None else loss.mean()
+
+
+@op("NegativeLogLikelihoodLoss")
+def _nll_loss(ctx, x, target, weight=None):
+    ignore = ctx.attr("ignore_index")
+    c = x.shape[1]
+    t = target.data.astype(np.int64)
+    valid = np.ones(t.shape, dtype=bool) if ignore is None else (t != ignore)
+    safe = np.where(valid, t, 0)
+    picked = em.take_along_dim(x, Tensor._make(safe[:, None]), 1).squeeze(1)
+    w = np.ones(c, dtype=x.data.dtype) if weight is None else weight
+    wt = (w[Tensor._make(safe)] if isinstance(w, Tensor) else Tensor._make(w[safe])) * Tensor._make(valid)
+    loss = -picked * wt
+    return _loss_reduce(ctx, loss, wt.sum())
+
+
+@op("SoftmaxCrossEntropyLoss")
+def _sce_loss(ctx, scores, labels, weight=None):
+    logp = F.log_softmax(scores, 1)
+    loss = _nll_loss(ctx, logp, labels, weight)
+    return (loss, logp) if ctx.n_outputs > 1 else loss
+
+
+@op("RMSNormalization")
+def _rms_norm(ctx, x, scale):
+    axis = ctx.attr("axis", -1) % x.ndim
+    dims = tuple(range(axis, x.ndim))
+    eps = ctx.attr("epsilon", 1e-5)
+    return x * em.rsqrt((x * x).mean(dims, keepdim=True) + eps) * scale
+
+
+@op("GroupNormalization")
+def _group_norm(ctx, x, scale, bias):
+    g = ctx.attr("num_groups")
+    eps = ctx.attr("epsilon", 1e-5)
+    n, c = x.shape[:2]
+    grouped = x.reshape(n, g, -1)
+    mu = grouped.mean(2, keepdim=True)
+    centered = grouped - mu
+    out = (centered * em.rsqrt((centered * centered).mean(2, keepdim=True) + eps)).reshape(x.shape)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    if scale.shape[0] == g and g != c:  # opset 18 form: one scale per group
+        scale, bias = scale.repeat_interleave(c // g), bias.repeat_interleave(c // g)
+    return out * scale.reshape(shape) + bias.reshape(shape)
+
+
+@op("LpNormalization")
+def _lp_norm(ctx, x):
+    axis, p = ctx.attr("axis", -1), ctx.attr("p", 2)
+    norm = em.norm(x, p=p, dim=axis, keepdim=True)
+    return em.where(norm == 0, 0.0, x / em.where(norm == 0, 1.0, norm))
+
+
+@op("MeanVarianceNormalization")
+def _mvn(ctx, x):
+    dims = tuple(ctx.attr("axes") or (0, 2, 3))
+    centered = x - x.mean(dims, keepdim=True)
+    return centered / em.sqrt((centered * centered).mean(dims, keepdim=True))
+
+
+@op("Shrink")
+def _shrink(ctx, x):
+    lam, bias = ctx.attr("lambd", 0.5), ctx.attr("bias", 0.0)
+    return em.where(x < -lam, x + bias, em.where(x > lam, x - bias, 0.0)).astype(x.dtype)
+
+
+@op("Swish")
+def _swish(ctx, x):
+    return x * F.sigmoid(x * ctx.attr("alpha", 1.0))
+
+
+@op("BitShift")
+def _bitshift(ctx, x, y):
+    a, b = x.data, y.data.astype(x.data.dtype)
+    return Tensor._make(np.left_shift(a, b) if ctx.attr("direction") == "LEFT" else np.right_shift(a, b))
+
+
+@op("CumProd")
+def _cumprod(ctx, x, axis):
+    a = _ints(axis)[0]
+    y = x.flip(a) if ctx.attr("reverse", 0) else x
+    out = em.cumprod(y, a).astype(x.dtype)
+    if ctx.attr("exclusive", 0):
+        ones = em.ones_like(em.narrow(y, a, 0, 1))
+        out = em.cat([ones, em.narrow(out, a, 0, y.shape[a] - 1)], a)
+    return out.flip(a) if ctx.attr("reverse", 0) else out
+
+
+@op("DepthToSpace")
+def _depth_to_space(ctx, x):
+    b = ctx.attr("blocksize")
+    n, c, h, w = x.shape
+    if ctx.attr("mode", "DCR") == "DCR":
+        y = x.reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
+    else:
+        y = x.reshape(n, c // (b * b), b, b, h, w).permute(0, 1, 4, 2, 5, 3)
+    return y.reshape(n, c // (b * b), h * b, w * b)
+
+
+@op("SpaceToDepth")
+def _space_to_depth(ctx, x):
+    b = ctx.attr("blocksize")
+    n, c, h, w = x.shape
+    y = x.reshape(n, c, h // b, b, w // b, b)
+    y = y.permute(0, 1, 3, 5, 2, 4) if ctx.attr("mode", "DCR") == "CRD" else y.permute(0, 3, 5, 1, 2, 4)
+    return y.reshape(n, c * b * b, h // b, w // b)
+
+
+@op("NonZero")
+def _nonzero(ctx, x):
+    return Tensor._make(np.asarray(np.nonzero(x.data), dtype=np.int64).reshape(x.ndim, -1))
+
+
+@op("EyeLike")
+def _eye_like(ctx, x):
+    from onnx import helper
+
+    dtype = helper.tensor_dtype_to_np_dtype(ctx.attr("dtype")) if ctx.attr("dtype") is not None else x.data.dtype
+    return Tensor._make(np.eye(x.shape[0], x.shape[1], ctx.attr("k", 0), dtype=dtype))
+
+
+@op("Compress")
+def _compress(ctx, x, condition):
+    axis = ctx.attr("axis")
+    cond = condition.data.astype(bool)
+    if axis is None:
+        flat = x.reshape(-1)
+        return flat[Tensor._make(np.nonzero(cond)[0].astype(np.int64))]
+    axis %= x.ndim
+    return em.index_select(x, axis, Tensor._make(np.nonzero(cond)[0].astype(np.int64)))
+
+
+@op("ReverseSequence")
+def _reverse_sequence(ctx, x, lens):
+    time_axis, batch_axis = ctx.attr("time_axis", 0), ctx.attr("batch_axis", 1)
+    a = x.data
+    idx = np.broadcast_to(np.arange(a.shape[time_axis]).reshape([-1 if i == time_axis else 1 for i in range(a.ndim)]),
+                          a.shape).copy()
+    for b, n in enumerate(_np(lens).astype(np.int64)):
+        sel = [slice(None)] * a.ndim
+        sel[batch_axis] = b
+        sel[time_axis] = slice(0, n)
+        view = idx[tuple(sel)]
+        idx[tuple(sel)] = np.flip(view, axis=time_axis if time_axis < batch_axis else time_axis - 1)
+    return em.gather(x, time_axis, Tensor._make(idx))
+
+
+@op("ScatterElements", "Scatter")
+def _scatter_elements(ctx, x, indices, updates):
+    axis = ctx.attr("axis", 0) % x.ndim
+    idx = indices.data.astype(np.int64)
+    idx = np.where(idx < 0, idx + x.shape[axis], idx)
+    reduction = ctx.attr("reduction", "none")
+    if reduction == "add":
+        return em.scatter_add(x, axis, Tensor._make(idx), updates)
+    if reduction == "none":
+        return em.scatter(x, axis, Tensor._make(idx), updates)
+    out = x.data.copy()
+    full = [np.broadcast_to(np.arange(n).reshape([-1 if i == d else 1 for i in range(idx.ndim)]), idx.shape)
+            for d, n in enumerate(idx.shape)]
+    full[axis] = idx
+    fn = {"mul": np.multiply, "max": np.maximum, "min": np.minimum}[reduction]
+    fn.at(out, tuple(full), updates.data)
+    return Tensor._make(out)
+
+
+@op("ScatterND")
+def _scatter_nd(ctx, x, indices, updates):
+    out = x.data.copy()
+    idx = indices.data.astype(np.int64)
+    k = idx.shape[-1]
+    index = tuple(np.moveaxis(idx, -1, 0)[:k])
+    reduction = ctx.attr("reduction", "none")
+    if reduction == "none":
+        out[index] = updates.data
+    else:
+        ufunc = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}[reduction]
+        ufunc.at(out, index, updates.data)
+    return Tensor._make(out)
+
+
+# ---- quantization ----------------------------------------------------------------------------------
+
+def _per_axis(ctx, t, x):
+    """A scale or zero point broadcast along ``axis`` (per-channel) or as a scalar."""
+    a = _np(t)
+    if a.ndim == 0 or a.size == 1:
+        return a.reshape(())
+    axis = ctx.attr("axis", 1) % x.ndim
+    block = ctx.attr("block_size", 0)
+    if block:
+        a = np.repeat(a, block, axis=axis)[tuple(slice(0, n) for n in x.shape)]
+        return a
+    return a.reshape([-1 if i == axis else 1 for i in range(x.ndim)])
+
+
+@op("QuantizeLinear")
+def _quantize(ctx, x, scale, zero_point=None):
+    s = _per_axis(ctx, scale, x)
+    zp_dtype = np.uint8 if zero_point is None else zero_point.data.dtype
+    zp = 0 if zero_point is None else _per_axis(ctx, zero_point, x).astype(np.int64)
+    info = np.iinfo(zp_dtype)
+    q = np.rint(x.data.astype(np.float64) / s) + zp
+    return Tensor._make(np.clip(q, info.min, info.max).astype(zp_dtype))
+
+
+@op("DequantizeLinear")
+def _dequantize(ctx, x, scale, zero_point=None):
+    s = _per_axis(ctx, scale, x)
+    zp = 0 if zero_point is None else _per_axis(ctx, zero_point, x).astype(np.int64)
+    return Tensor._make(((x.data.astype(np.int64) - zp) * s).astype(np.asarray(_np(scale)).dtype))
+
+
+@op("DynamicQuantizeLinear")
+def _dynamic_quantize(ctx, x):
+    a = x.data
+    lo, hi = min(float(a.min()), 0.0), max(float(a.max()), 0.0)
+    scale = np.float32((hi - lo) / 255.0) if hi > lo else np.float32(1.0)
+    zp = np.uint8(np.clip(np.rint(-lo / scale), 0, 255))
+    q = np.clip(np.rint(a / scale) + zp, 0, 255).astype(np.uint8)
+    return Tensor._make(q), Tensor._make(np.asarray(scale)), Tensor._make(np.asarray(zp))
+
+
+@op("MatMulInteger")
+def _matmul_integer(ctx, a, b, a_zp=None, b_zp=None):
+    av = a.data.astype(np.int32) - (0 if a_zp is None else _np(a_zp).astype(np.int32).reshape(-1, 1)
+                                    if _np(a_zp).size > 1 else _np(a_zp).astype(np.int32))
+    bv = b.data.astype(np.int32) - (0 if b_zp is None else _np(b_zp).astype(np.int32))
+    return Tensor._make(np.matmul(av, bv).astype(np.int32))
+
+
+@op("QLinearMatMul")
+def _qlinear_matmul(ctx, a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp):
+    af = (a.data.astype(np.int64) - _np(a_zp).astype(np.int64)) * _np(a_scale)
+    bf = (b.data.astype(np.int64) - _np(b_zp).astype(np.int64)) * _np(b_scale)
+    y = np.rint(np.matmul(af, bf) / _np(y_scale)) + _np(y_zp).astype(np.int64)
+    info = np.iinfo(_np(y_zp).dtype)
+    return Tensor._make(np.clip(y, info.min, info.max).astype(_np(y_zp).dtype))
+
+
+# ---- resizing ---------------------------------------------------------------------------------------
+
+def _resize_coords(ctx, out_n, in_n, scale, roi):
+    """Source coordinate of each output index along one axis, and which ones fall outside the
+    crop (tf_crop_and_resize only)."""
+    mode = ctx.attr("coordinate_transformation_mode", "half_pixel")
+    i = np.arange(out_n, dtype=np.float64)
+    out_w = scale * in_n
+    outside = None
+    if mode == "half_pixel":
+        x = (i + 0.5) / scale - 0.5
+    elif mode == "pytorch_half_pixel":
+        x = (i + 0.5) / scale - 0.5 if out_w != 1 else np.full(out_n, -0.5)
+    elif mode == "align_corners":
+        x = i * (in_n - 1) / (out_w - 1) if out_w != 1 else np.zeros(out_n)
+    elif mode == "asymmetric":
+        x = i / scale
+    elif mode == "half_pixel_symmetric":
+        offset = in_n / 2 * (1 - out_n / out_w)
+        x = offset + (i + 0.5) / scale - 0.5
+    elif mode == "tf_crop_and_resize":
+        lo, hi = roi
+        x = i * (hi - lo) * (in_n - 1) / (out_w - 1) if out_w != 1 else np.full(out_n, (hi - lo) * (in_n - 1) / 2)
+        x = x + lo * (in_n - 1)
+        outside = (x < 0) | (x > in_n - 1)
+    else:
+        raise ctx.unsupported(f"coordinate_transformation_mode {mode!r}")
+    return x, outside
+
+
+def _resize_taps(ctx, mode, ratio, scale):
+    """Interpolation weights (out, taps) for each output's fractional position ``ratio`` in (0, 1]."""
+    r = ratio[:, None]
+    if mode == "nearest":
+        nm = ctx.attr("nearest_mode", "round_prefer_floor")
+        right = {"round_prefer_floor": r > 0.5, "round_prefer_ceil": r >= 0.5, "floor": r < 0,
+                 "ceil": r >= 0}[nm]
+        right = np.where(r == 1, True, right)
+        return np.concatenate([~right, right], 1).astype(np.float64)
+    antialias = ctx.attr("antialias", 0) and scale < 1
+    if mode == "linear":
+        if not antialias:
+            return np.concatenate([1 - r, r], 1)
+        start = int(np.floor(-1 / scale) + 1)
+        w = np.clip(1 - np.abs((np.arange(start, 2 - start)[None, :] - r) * scale), 0, 1)
+        return w / w.sum(1, keepdims=True)
+    if mode == "cubic":
+        a = ctx.attr("cubic_coeff_a", -0.75)
+
+        def kernel(t):
+            t = np.abs(t)
+            near = ((a + 2) * t - (a + 3)) * t * t + 1
+            far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+            return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+        if not antialias:
+            return kernel(np.arange(-1, 3)[None, :] - r)
+        start = int(np.floor(-2 / scale) + 1)
+        w = kernel(scale * (np.arange(start, 2 - start)[None, :] - r))
+        return w / w.sum(1, keepdims=True)
+    raise ctx.unsupported(f"mode {mode!r}")
+
+
+def _resize_matrix(ctx, mode, out_n, in_n, scale, roi):
+    """Weights W (out_n, in_n) with y = W @ x along one axis; outside-crop rows are flagged."""
+    x, outside = _resize_coords(ctx, out_n, in_n, scale, roi)
+    base = np.floor(x).astype(np.int64)
+    ratio = np.where(x == base, 1.0, x - base)
+    taps = _resize_taps(ctx, mode, ratio, scale)
+    n = taps.shape[1]
+    # The n source indices nearest to x, ties to the left (edge-clamped below): as the spec's reference.
+    frac = x - base
+    if n % 2 == 0:
+        start = base + np.where(frac == 0, -(n // 2), -(n // 2) + 1)
+    else:
+        start = base + np.where(frac <= 0.5, -((n - 1) // 2), -((n - 1) // 2) + 1)
+    idx = start[:, None] + np.arange(n)[None, :]
+    if ctx.attr("exclude_outside", 0):
+        taps = np.where((idx < 0) | (idx >= in_n), 0.0, taps)
+        total = taps.sum(1, keepdims=True)
+        taps = taps / np.where(total == 0, 1.0, total)
+    w = np.zeros((out_n, in_n))
+    np.add.at(w, (np.repeat(np.arange(out_n), n), np.clip(idx, 0, in_n - 1).reshape(-1)), taps.reshape(-1))
+    return w, outside
+
+
+@op("Resize", "Upsample")
+def _resize(ctx, x, roi=None, scales=None, sizes=None):
+    """ONNX Resize: nearest/linear/cubic, every coordinate mode, antialiasing, crop-and-resize and
+    aspect-ratio policies; separable, one (out, in) weight matrix per resized axis."""
+    if ctx.node.op_type == "Upsample":
+        scales, roi, sizes = roi, None, None
+    mode = ctx.attr("mode", "nearest")
+    nd = x.ndim
+    in_shape = list(x.shape)
+    axes = [a % nd for a in (ctx.attr("axes") or [])] or list(range(nd))
+    roi_v = _np(roi).astype(np.float64).reshape(-1) if roi is not None and _np(roi).size else None
+    rois = [(0.0, 1.0)] * nd
+    if roi_v is not None:
+        k = len(roi_v) // 2
+        for j, a in enumerate(axes if k == len(axes) else range(nd)):
+            rois[a] = (roi_v[j], roi_v[k + j])
+    if sizes is not None and _np(sizes).size:
+        out_shape = list(in_shape)
+        for a, n in zip(axes, _ints(sizes)):
+            out_shape[a] = n
+        scale_f = [out_shape[i] / in_shape[i] for i in range(nd)]
+        policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
+        if policy != "stretch":
+            pick = {"not_larger": min, "not_smaller": max}[policy]
+            common = pick(scale_f[a] for a in axes)
+            scale_f = [common if i in axes else 1.0 for i in range(nd)]
+            out_shape = [int(common * in_shape[i] + 0.5) if i in axes else in_shape[i] for i in range(nd)]
+    else:
+        scale_f = [1.0] * nd
+        for a, v in zip(axes, _np(scales).reshape(-1).tolist()):
+            scale_f[a] = float(v)
+        out_shape = [int(n * s) for n, s in zip(in_shape, scale_f)]
+    extrapolation = float(ctx.attr("extrapolation_value", 0.0))
+    out = x
+    for d in range(nd):
+        if out_shape[d] == in_shape[d] and np.isclose(scale_f[d], 1.0) and rois[d] == (0.0, 1.0):
+            continue
+        w, outside = _resize_matrix(ctx, mode, out_shape[d], in_shape[d], scale_f[d], rois[d])
+        if mode == "nearest":  # a gather keeps integer inputs exact
+            out = em.index_select(out, d, Tensor._make(w.argmax(1)))
+        else:
+            moved = out.movedim(d, -1)
+            out = em.matmul(moved, Tensor._make(w.T.astype(x.data.dtype))).movedim(-1, d)
+        if outside is not None and outside.any():
+            shape = [-1 if i == d else 1 for i in range(nd)]
+            out = em.where(Tensor._make(outside.reshape(shape)), extrapolation, out).astype(x.dtype)
+    return out
+
+
+# ---- attention (opset 23) ---------------------------------------------------------------------------
+
+def _window_bias(q_len, kv_len, offset, allowed_fn, dtype):
+    """Additive 0/-inf bias of shape (q, kv), or (batch, 1, q, kv) for a per-batch offset."""
+    i = np.arange(q_len)[:, None]
+    j = np.arange(kv_len)[None, :]
+    off = np.asarray(offset).reshape(-1, 1, 1) if np.ndim(offset) else int(offset)
+    bias = np.where(allowed_fn(i + off, j), dtype.type(0), dtype.type(-np.inf))
+    return bias.reshape(bias.shape[0], 1, q_len, kv_len) if bias.ndim == 3 else bias
+
+
+@op("Attention")
+def _attention(ctx, q, k, v, mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None):
+    """ONNX Attention (opset 23/24): scaled dot-product attention with optional KV cache,
+    grouped-query heads, causal/sliding-window/padding masks, softcap and the QK output modes."""
+    three_d = q.ndim == 3
+    if three_d:
+        qh, kvh = ctx.attr("q_num_heads"), ctx.attr("kv_num_heads")
+        b, s_q, _ = q.shape
+        q = q.reshape(b, s_q, qh, -1).transpose(1, 2)
+        k = k.reshape(b, k.shape[1], kvh, -1).transpose(1, 2)
+        v = v.reshape(b, v.shape[1], kvh, -1).transpose(1, 2)
+    if past_key is not None:
+        k = em.cat([past_key, k], 2)
+        v = em.cat([past_value, v], 2)
+    present_k, present_v = k, v
+    dt = q.data.dtype
+    sq, sk = q.shape[2], k.shape[2]
+    # Masks are data: build one additive bias in NumPy, laid out the way the spec combines them.
+    m = None if mask is None else mask.data
+    if m is not None and m.shape[-1] < sk:
+        m = np.pad(m, [(0, 0)] * (m.ndim - 1) + [(0, sk - m.shape[-1])],
+                   constant_values=False if m.dtype == np.bool_ else -np.inf)
+    if m is not None and m.dtype == np.bool_:
+        m = np.where(m, dt.type(0), dt.type(-np.inf))
+    bias = np.zeros((sq, sk), dt) if m is None else m.astype(dt)
+    if past_key is not None:
+        offset = past_key.shape[2]
+    elif nonpad_kv_seqlen is not None:
+        offset = nonpad_kv_seqlen.data.reshape(-1) - sq
+    else:
+        offset = 0
+    if ctx.attr("is_causal", 0):
+        bias = bias + _window_bias(sq, sk, offset, lambda pos, j: j <= pos, dt)
+    left, right = ctx.attr("left_window_size", -1), ctx.attr("right_window_size", -1)
+    if left >= 0 or right >= 0:
+        bias = bias + _window_bias(sq, sk, offset, lambda pos, j: ((pos - j <= left) if left >= 0 else True)
+                                   & ((j - pos <= right) if right >= 0 else True), dt)
+    if nonpad_kv_seqlen is not None:
+        valid = np.arange(sk)[None, :] < nonpad_kv_seqlen.data.reshape(-1, 1)
+        bias = bias + np.where(valid, dt.type(0), dt.type(-np.inf)).reshape(-1, 1, 1, sk)
+    hq, hk = q.shape[1], k.shape[1]
+    if hq != hk:  # grouped-query attention: each key/value head serves hq/hk query heads
+        k = k.repeat_interleave(hq // hk, dim=1)
+        v = v.repeat_interleave(hq // hk, dim=1)
+    scale = ctx.attr("scale")
+    root = float(np.sqrt(scale if scale is not None else 1.0 / np.sqrt(q.shape[-1])))
+    # The spec scales q and k by sqrt(scale) each; in float16 that rounds differently from scaling once.
+    scores = em.matmul(q * root, (k * root).mT)
+    softcap = ctx.attr("softcap", 0.0)
+    if softcap and softcap > 0:
+        scores = em.tanh(scores / softcap) * softcap
+    mode = ctx.attr("qk_matmul_output_mode", 0)
+    qk_out = scores
+    with_bias = scores + Tensor._make(bias)
+    if mode == 2:
+        qk_out = with_bias
+    precision = ctx.attr("softmax_precision")
+    if precision is not None:
+        from onnx import helper
+
+        with_bias = with_bias.astype(helper.tensor_dtype_to_np_dtype(precision))
+    # A row whose bias is all -inf attends to nothing: its weights are 0 (softmax alone gives NaN).
+    row_masked = Tensor._make(np.isneginf(bias.max(-1, keepdims=True)))
+    row_max = em.amax(with_bias, -1, True)
+    safe = em.where(em.isinf(row_max) & (row_max < 0), 0.0, row_max).detach()
+    e = em.exp(with_bias - safe)
+    total = em.sum(e, -1, True)
+    attn = em.where(row_masked, 0.0, e / em.where(total == 0, 1.0, total))
+    if mode == 3:
+        qk_out = attn
+    attn = attn.astype(q.dtype)
+    y = em.matmul(attn, v)
+    if three_d:
+        y = y.transpose(1, 2).reshape(y.shape[0], y.shape[2], -1)
+    outs = (y, present_k, present_v, qk_out.astype(q.dtype))
+    return outs[:ctx.n_outputs] if ctx.n_outputs > 1 else y
