@@ -452,3 +452,25 @@ def test_checkpoint_without_optimizer_and_as_weights(tmp_path):
     model.save_weights(tmp_path / "w")
     with pytest.raises(ModelFileError, match="not an ember-checkpoint-v1 file"):
         em.load_checkpoint(tmp_path / "w", other)
+
+
+def test_a_fresh_process_loads_a_sequential_file_without_importing_anything_first(tmp_path):
+    import subprocess
+
+    model = em.Sequential([L.Dense(5, activation="relu"), L.Dense(3)])
+    model.build((None, 6))
+    path = model.save(tmp_path / "seq.ember")
+    expected = model.predict(X)
+    np.save(tmp_path / "x.npy", X)
+    code = ("import sys, numpy as np, ember as em; m = em.load(sys.argv[1]); "
+            "np.save(sys.argv[2], m.predict(np.load(sys.argv[3])))")
+    subprocess.run([sys.executable, "-c", code, path, str(tmp_path / "y.npy"), str(tmp_path / "x.npy")],
+                   check=True, timeout=120)
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
+
+
+def test_saving_a_model_whose_layer_sizes_are_unknown_is_a_clear_error(tmp_path):
+    model = em.Sequential([L.Dense(5), L.Dense(3)])
+    with pytest.raises(ValueError, match=r"em.save: Sequential has layers whose sizes are not known yet.*build"):
+        em.save(model, tmp_path / "unbuilt.ember")
+    assert not (tmp_path / "unbuilt.ember").exists()

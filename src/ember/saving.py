@@ -158,6 +158,16 @@ def from_config(config: dict):
 
     name = config.get("class")
     cls = MODULE_CLASSES.get(name)
+    module_name = str(name).rpartition(".")[0]
+    if cls is None and (module_name == "ember" or module_name.startswith("ember.")):
+        # ember's own modules load lazily; importing one of ember's own modules runs no code from the file
+        import importlib
+
+        try:
+            importlib.import_module(module_name)
+        except ImportError:
+            pass
+        cls = MODULE_CLASSES.get(name)
     if cls is None:
         raise ModelFileError(
             f"the model file's architecture uses class '{name}', which is not defined in this "
@@ -225,6 +235,13 @@ def read_safetensors(path, expect_format=None, verify=True):
 
 def save(model, path) -> str:
     """Save architecture and weights of ``model`` to one file (atomically); returns the path."""
+    if hasattr(model, "_ensure_built"):
+        model._ensure_built()
+    unbuilt = model._unbuilt_layers() if hasattr(model, "_unbuilt_layers") else []
+    if unbuilt:
+        raise ValueError(f"em.save: {type(model).__name__} has layers whose sizes are not known yet "
+                         f"({', '.join(type(m).__name__ for m in unbuilt[:3])}), so there are no weights to save; "
+                         "call model.build(input_shape), give the model an Input layer, or run it on a batch first")
     config = get_config(model)
     arrays = {k: v.data for k, v in model.state_dict().items()}
     meta = {"format": MODEL_FORMAT, "config": config, **_input_record(model)}
