@@ -295,7 +295,9 @@ class _Scatter:
 
     def add_into(self, buf):
         if self.accumulate:
-            np.add.at(buf, self.index, self.values)
+            from ..ops.helpers import add_at
+
+            add_at(buf, self.index, self.values)
         else:
             buf[self.index] += self.values
 
@@ -304,7 +306,9 @@ class _Scatter:
 
         z = np.zeros(self.shape, dtype=self.values.dtype)
         if self.accumulate:
-            np.add.at(z, self.index, self.values)
+            from ..ops.helpers import add_at
+
+            add_at(z, self.index, self.values)
         else:
             z[self.index] = self.values
         return Tensor._make(z)

@@ -245,6 +245,7 @@ def scatter_sums(graph):
     """A sum of several ``index_put`` results (how the gradients of many slices of one tensor
     add up, e.g. an RNN's per-step slices) becomes one buffer with each slice added in place,
     instead of one full-size array per slice."""
+    from ..ops.helpers import add_at
     from ..ops.indexing import _fill
 
     uses = _uses(graph)
@@ -294,7 +295,7 @@ def scatter_sums(graph):
                 k += 1 + n_idx
                 index = _fill(template, idx)
                 if accumulate:
-                    np.add.at(buf, index, values)
+                    add_at(buf, index, values)
                 else:
                     buf[index] += values
             return (buf,)

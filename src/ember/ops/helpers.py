@@ -112,3 +112,25 @@ def norm_shape(shape) -> tuple:
         if not isinstance(s, (int, np.integer)):
             raise TypeError(f"sizes must be integers, got {s!r} in {tuple(shape)}")
     return tuple(int(s) for s in shape)
+
+
+def add_at(buf: np.ndarray, index, values: np.ndarray) -> None:
+    """``np.add.at(buf, index, values)``, several times faster for the common gather-along-axis-0
+    index (embedding and cross-entropy gradients): rows are grouped by a stable sort and each
+    group summed once, in the same order ``np.add.at`` would add them."""
+    idx = index[0] if isinstance(index, tuple) and index else index
+    rest = index[1:] if isinstance(index, tuple) else ()
+    if (not isinstance(idx, np.ndarray) or idx.dtype.kind not in "iu" or buf.ndim == 0 or not buf.flags.c_contiguous
+            or buf.dtype.kind not in "fiuc" or any(not (isinstance(r, slice) and r == slice(None)) for r in rest)
+            or values.shape != idx.shape + buf.shape[1:] or idx.size < 64):
+        np.add.at(buf, index, values)
+        return
+    flat = idx.reshape(-1)
+    if flat.dtype.kind == "i" and flat.min() < 0:
+        flat = np.where(flat < 0, flat + buf.shape[0], flat)
+    rows = values.reshape(flat.size, -1)
+    order = np.argsort(flat, kind="stable")
+    ordered = flat[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    sums = np.add.reduceat(rows[order], starts, axis=0)
+    buf.reshape(buf.shape[0], -1)[ordered[starts]] += sums.astype(buf.dtype, copy=False)

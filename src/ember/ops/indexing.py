@@ -9,7 +9,7 @@ from ..autograd.engine import GradMode
 from ..errors import GradError, IndexingError, OpError, ShapeError
 from ..tensor import Tensor
 from .elementwise import where
-from .helpers import as_tensor, norm_dim
+from .helpers import add_at, as_tensor, norm_dim
 from .registry import apply, primitive
 
 
@@ -69,7 +69,7 @@ def _index_put_np(v, *idx, template, shape, accumulate):
     z = np.zeros(shape, dtype=v.dtype)
     index = _fill(template, idx)
     if accumulate:
-        np.add.at(z, index, v)
+        add_at(z, index, v)
     else:
         z[index] = v
     return z
