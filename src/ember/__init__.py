@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 
+from . import _malloc  # noqa: F401  (before any array is allocated)
 from . import ops as _ops  # noqa: F401  (binds Tensor methods)
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled  # noqa: F401
 from .autograd.functional import grad_fn as grad  # noqa: F401
