@@ -336,6 +336,16 @@ def test_max_pool_ties_pick_the_first_maximum_like_torch():
         check(g, g, [x])
 
 
+def test_max_pool_nan_wins_like_torch():
+    x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    x[0, 0, 1, 1] = np.nan    # inside a 2x2 window, not its first position
+    x[1, 1, 4, 5] = np.nan
+    x[1, 0, 2:4, 2:4] = np.nan  # a window of NaNs: PyTorch's index is the last one
+    for kw in [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1)]:
+        f = lambda x, kw=kw: P(x).max_pool2d(x, return_indices=True, **kw)
+        check(f, f, [x])
+
+
 AVGPOOL_CASES = [
     ((2, 3, 6, 6), dict(kernel_size=2)),
     ((2, 3, 7, 6), dict(kernel_size=3, stride=2, padding=1)),

@@ -1,7 +1,7 @@
 """Max pooling as a pair of primitives that never materialise the windows.
 
 ``pool_select(h, x)`` picks, in every pooling window, the value of ``h`` at the position
-where ``x`` is largest (the first maximum, NaN winning, as PyTorch); ``max_pool2d(x)`` is
+where ``x`` is largest (the first maximum, or the last NaN, as PyTorch); ``max_pool2d(x)`` is
 ``pool_select(x, x)``. ``pool_scatter(g, x)`` sends each ``g`` back to that position. Each is
 the other's gradient with respect to its first input; neither depends smoothly on ``x``.
 Both loop over the kh*kw kernel offsets with strided views, so the work is a few
@@ -38,6 +38,7 @@ def _winner(x, kernel, stride, dilation, pads, out_size):
     """(max values, index of the winning kernel offset) per window."""
     key = (id(x), kernel, stride, dilation, pads, out_size)
     xp = _padded(x, pads, -np.inf)
+    has_nan = x.dtype.kind == "f" and bool(np.isnan(x).any())
     best = idx = None
     for k, (rs, cs) in enumerate(_offsets(kernel, stride, dilation, out_size)):
         v = xp[:, :, rs, cs]
@@ -46,10 +47,13 @@ def _winner(x, kernel, stride, dilation, pads, out_size):
             idx = np.zeros(best.shape, dtype=np.int16)
             continue
         upd = v > best
-        if x.dtype.kind == "f":
-            upd |= np.isnan(v) & ~np.isnan(best)
-        np.copyto(best, v, where=upd)
-        np.copyto(idx, np.int16(k), where=upd)
+        if has_nan:
+            upd |= np.isnan(v)  # as PyTorch's kernel: every NaN takes the window, so the last one wins
+            np.copyto(best, v, where=upd)
+        else:
+            np.maximum(best, v, out=best)
+        # idx = where(upd, k, idx) by arithmetic: masked copies are several times slower here
+        idx -= (idx - np.int16(k)) * upd
     if len(_WINNERS) > 32:
         for stale in [k for k, (ref, _) in _WINNERS.items() if ref() is None]:
             del _WINNERS[stale]
@@ -80,8 +84,12 @@ def _scatter_np(g, x, kernel, stride, dilation, pads, out_size):
     t, b, lf, r = pads
     n, c, h, w = x.shape
     out = np.zeros((n, c, h + t + b, w + lf + r), dtype=g.dtype)
+    disjoint = all(s >= (k - 1) * d + 1 for k, s, d in zip(kernel, stride, dilation))
     for k, (rs, cs) in enumerate(_offsets(kernel, stride, dilation, out_size)):
-        out[:, :, rs, cs] += g * (idx == k)
+        if disjoint:  # every input position is in at most one window: write, don't accumulate
+            np.multiply(g, idx == k, out=out[:, :, rs, cs])
+        else:
+            out[:, :, rs, cs] += g * (idx == k)
     return out[:, :, t:t + h, lf:lf + w] if (t or b or lf or r) else out
 
 
