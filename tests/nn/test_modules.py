@@ -175,7 +175,7 @@ def test_lstm_initial_state_matches_torch():
 
 
 def _init_stats(layer):
-    return {k: (float(v.std()), float(abs(v).max())) for k, v in layer.state_dict().items()
+    return {k: (float(v.std()), float(abs(v).max()), v.numel()) for k, v in layer.state_dict().items()
             if v.numel() > 50}
 
 
@@ -185,13 +185,17 @@ def _init_stats(layer):
     lambda m: m.MultiheadAttention(64, 4), lambda m: m.BatchNorm2d(64), lambda m: m.LayerNorm(64),
 ])
 def test_default_init_matches_torch_distribution(make):
-    """Same initialisation distributions: bounds and standard deviations agree within sampling
-    error (5%) with PyTorch's defaults."""
+    """Same initialisation distributions: bounds and standard deviations agree with PyTorch's
+    defaults within sampling error (5 standard errors of the difference of two sample stds, at
+    least 5%); seeded, so the comparison is deterministic."""
+    em.manual_seed(0)
+    torch.manual_seed(0)
     e, t = _init_stats(make(nn)), {k: (float(v.std()), float(v.abs().max()))
                                    for k, v in make(torch.nn).state_dict().items() if v.numel() > 50}
     assert e.keys() == t.keys()
     for k in e:
-        np.testing.assert_allclose(e[k][0], t[k][0], rtol=0.05, atol=1e-7, err_msg=k)
+        n = e[k][2]
+        np.testing.assert_allclose(e[k][0], t[k][0], rtol=max(0.05, 5 / np.sqrt(n)), atol=1e-7, err_msg=k)
         if t[k][1] < 2 * t[k][0]:  # bounded (uniform) init: the bound must match too
             np.testing.assert_allclose(e[k][1], t[k][1], rtol=0.05, atol=1e-7, err_msg=k)
 
