@@ -173,3 +173,39 @@ def test_mlp_sgd_step_matches_torch_exactly_given_same_weights():
     torch.optim.SGD(tm.parameters(), lr=0.1, momentum=0.9).step()
     for (n, p), (_, q) in zip(em_.named_parameters(), tm.named_parameters()):
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-13, err_msg=n)
+
+
+def test_clip_grad_norm_compiles_inside_jit_and_equals_eager():
+    """The clipping scale is computed with tensor ops, so a jitted step that clips matches eager."""
+    def make():
+        em.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+        return model, em.optim.SGD(model.parameters(), lr=0.5)
+
+    def step_fn(model, opt):
+        def step(x, y):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            norm = nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            opt.step()
+            return loss, norm
+        return step
+
+    x, y = em.randn(32, 6) * 5, em.randint(0, 3, (32,))
+    (m1, o1), (m2, o2) = make(), make()
+    eager, jitted = step_fn(m1, o1), em.jit(step_fn(m2, o2))
+    for _ in range(3):
+        (l1, n1), (l2, n2) = eager(x, y), jitted(x, y)
+        assert n1.item() > 0.1  # the norm is large enough that clipping acts
+        np.testing.assert_allclose(n2.item(), n1.item(), rtol=1e-5)
+        np.testing.assert_allclose(l2.item(), l1.item(), rtol=1e-5)
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_clip_grad_norm_nonfinite():
+    p = em.zeros(3, requires_grad=True)
+    p.grad = em.tensor([1.0, float("inf"), 0.0])
+    with pytest.raises(RuntimeError, match="clip_grad_norm_: the total norm of order 2.0 is inf"):
+        nn.utils.clip_grad_norm_([p], 1.0, error_if_nonfinite=True)

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ..ops.registry import TRACING
 from ..tensor import Tensor
 
 
@@ -17,25 +18,38 @@ def _grads(parameters):
 
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
     """Scale all gradients together so their joint norm is at most ``max_norm``; returns the
-    norm before clipping (as a 0-d tensor)."""
+    norm before clipping (as a 0-d tensor).
+
+    Written with tensor ops and no Python branch on the norm (the scale is
+    ``min(1, max_norm / (norm + 1e-6))``, as PyTorch computes it), so it also compiles inside
+    ``em.jit``."""
+    import ember as em
+
     params = _grads(parameters)
     if not params:
         return Tensor._make(np.asarray(0.0, dtype=np.float32))
     norm_type = float(norm_type)
-    if math.isinf(norm_type):
-        total = max(float(np.abs(p.grad.data).max()) if p.grad.data.size else 0.0 for p in params)
-    else:
-        total = sum(float(np.sum(np.abs(p.grad.data.astype(np.float64)) ** norm_type))
-                    for p in params) ** (1.0 / norm_type)
-    if error_if_nonfinite and not math.isfinite(total):
-        raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} is {total}; "
-                           "gradients are not finite")
-    coef = max_norm / (total + 1e-6)
-    if coef < 1:
+    with em.no_grad():
+        grads = [p.grad for p in params if p.grad.numel()]
+        if not grads:
+            return Tensor._make(np.asarray(0.0, dtype=params[0].grad.data.dtype))
+        if math.isinf(norm_type):
+            total = em.stack([g.abs().amax() for g in grads]).amax().double()
+        else:
+            total = em.stack([(g.double().abs() ** norm_type).sum() for g in grads]).sum() ** (1.0 / norm_type)
+        if error_if_nonfinite and not math.isfinite(float(total)):
+            raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} is {float(total)}; "
+                               "gradients are not finite (pass error_if_nonfinite=False to scale them anyway)")
+        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        tracing = TRACING[0] is not None
         for p in params:
-            p.grad.data *= np.asarray(coef, dtype=p.grad.data.dtype)
-            p.grad._version[0] += 1
-    return Tensor._make(np.asarray(total, dtype=params[0].grad.data.dtype))
+            if not p.grad.numel():
+                continue
+            if tracing:  # a traced gradient may be a view, which the graph cannot update in place
+                p.grad = p.grad * coef.astype(p.grad.dtype)
+            else:
+                p.grad.mul_(coef.astype(p.grad.dtype))
+    return total.astype(params[0].grad.dtype)
 
 
 def clip_grad_value_(parameters, clip_value):
