@@ -272,7 +272,7 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
         for m in metrics:
             m.reset_state()
         cb.on_epoch_begin(epoch)
-        total, count, last_shown = 0.0, 0, 0.0
+        total, count, last_shown, shown = 0.0, 0, 0.0, {}
         for step, batch in enumerate(train):
             if steps is not None and step >= steps:
                 break
@@ -287,9 +287,10 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
             logs = {"loss": total / count}
             if show_metrics and metrics:
                 now = time.perf_counter()
-                if now - last_shown > 0.1:
+                if now - last_shown > 0.1:  # metric results cost a reduction: refresh them at most 10x/s
                     last_shown = now
-                    logs.update((m.name, m.result()) for m in metrics)
+                    shown = {m.name: m.result() for m in metrics}
+                logs.update(shown)
             cb.on_train_batch_end(step, logs)
             if model.stop_training:
                 break
