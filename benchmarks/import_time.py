@@ -3,7 +3,8 @@
 Import time: wall seconds of ``python -c "import X"`` in a fresh subprocess (the benchmark's
 thread environment), after one untimed start that warms the file cache ("cold-ish"); median of
 5 (min and max kept), with the interpreter's bare start (``python -c pass``) reported alongside.
-Keras is imported with its default TensorFlow backend. Target: ``import ember`` under 0.2 s.
+Keras is imported with its default TensorFlow backend (its size closure does not include the
+backend: Keras does not declare one). Target: ``import ember`` under 0.2 s.
 
 Installed size: the files each distribution installed (its RECORD; for an editable install the
 package's source tree without ``__pycache__``) and the same summed over its dependency closure
@@ -121,7 +122,7 @@ def closure(name: str) -> dict:
                 todo.append(dep)
     own = seen[_norm(root.metadata["Name"])]
     return {"installed": True, "version": root.version, "own_bytes": own, "closure_bytes": sum(seen.values()),
-            "closure": sorted(seen)}
+            "closure": dict(sorted(seen.items(), key=lambda kv: -kv[1]))}
 
 
 def run(runs: int = 5, threads: int = 2, unset_openblas: bool = False) -> dict:
@@ -141,7 +142,7 @@ def run(runs: int = 5, threads: int = 2, unset_openblas: bool = False) -> dict:
 
 def table(res: dict) -> list[str]:
     lines = ["| package | version | import s (median, min–max) | own size MB | with dependencies MB | "
-             "dependencies |", "|---|---|---:|---:|---:|---:|"]
+             "dependencies (largest, MB) |", "|---|---|---:|---:|---:|---|"]
     bare = res["python_bare"]
     lines.append(f"| (python -c pass) | | {bare['median_s']:.3f} ({bare['min_s']:.3f}–{bare['max_s']:.3f}) | | | |")
     for module, r in res["packages"].items():
@@ -151,8 +152,10 @@ def table(res: dict) -> list[str]:
         imp = r["import"]
         t = (f"{imp['median_s']:.3f} ({imp['min_s']:.3f}–{imp['max_s']:.3f})" if "median_s" in imp
              else f"error: {imp.get('error', '')[:60]}")
+        deps = sorted(((n, b) for n, b in r["closure"].items() if n != _norm(r["dist"])), key=lambda kv: -kv[1])
+        biggest = ", ".join(f"{n} {b / 1e6:.0f}" for n, b in deps[:3])
         lines.append(f"| {module} ({r['dist']}) | {r['version']} | {t} | {r['own_bytes'] / 1e6:.1f} | "
-                     f"{r['closure_bytes'] / 1e6:.1f} | {len(r['closure']) - 1} |")
+                     f"{r['closure_bytes'] / 1e6:.1f} | {len(deps)}{f' (largest: {biggest})' if deps else ''} |")
     return lines
 
 
