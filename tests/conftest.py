@@ -14,3 +14,7 @@ def _seed():
     em.manual_seed(0)
     np.random.seed(0)
     yield
+    # global state a test must not leak into the next ones
+    if not em.is_grad_enabled():
+        em.set_grad_enabled(True)
+        pytest.fail("the test left gradient recording disabled (an em.no_grad() not exited?)")

@@ -14,6 +14,7 @@ once with the summed gradient of its output. The rules are ember ops: with
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 
 import numpy as np
@@ -22,8 +23,14 @@ from ..compiler.trace import ACTIVE as TRACING
 from ..errors import GradError
 
 
-class GradMode:
+class _GradMode(threading.local):
+    """Whether ops record the graph; per thread, as in PyTorch, so a server thread's
+    ``no_grad()`` never switches recording off for another thread."""
+
     enabled = True
+
+
+GradMode = _GradMode()
 
 
 class _GradModeContext:
