@@ -12,6 +12,7 @@ graph *writes*. Reading a value in Python (``.item()``, ``if x.sum() > 0``) rais
 from __future__ import annotations
 
 import os
+import threading
 import traceback
 
 import numpy as np
@@ -19,8 +20,22 @@ import numpy as np
 from ..errors import OpError
 from .ir import Graph
 
-#: the active tracer, or None; read by registry.apply and the engine
-ACTIVE = [None]
+
+class _ActiveTracer(threading.local):
+    """The thread's active tracer, or None; read by registry.apply and the engine as
+    ``ACTIVE[0]`` (``ACTIVE.value`` on hot paths). Per thread, so a DataLoader worker thread's
+    ops never land in the graph the main thread is tracing."""
+
+    value = None
+
+    def __getitem__(self, i):
+        return self.value
+
+    def __setitem__(self, i, tracer):
+        self.value = tracer
+
+
+ACTIVE = _ActiveTracer()
 
 _EMBER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: frames in these packages are never "the user's line" (e.g. NumPy's printing code)

@@ -101,7 +101,7 @@ def _saved_indices(op, inputs):
 
 def apply(op: Primitive, inputs: tuple, attrs: dict):
     """Run ``op`` on Tensors ``inputs`` and record it for autograd when needed."""
-    tracer = TRACING[0]
+    tracer = TRACING.value
     if tracer is not None:
         return _apply_traced(tracer, op, inputs, attrs)
     try:
