@@ -93,6 +93,9 @@ def random_split(dataset, lengths, generator=None):
     from ..random import _gen
 
     n = len(dataset)
+    if any(x < 0 for x in lengths):
+        raise ValueError(f"random_split: lengths {list(lengths)} include a negative length; give sizes >= 0 "
+                         f"summing to {n}, or fractions in [0, 1] summing to 1")
     if all(isinstance(x, float) for x in lengths) and math.isclose(sum(lengths), 1.0):
         counts = [int(math.floor(n * f)) for f in lengths]
         for i in range(n - sum(counts)):
