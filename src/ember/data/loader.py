@@ -17,40 +17,66 @@ from ..tensor import Tensor
 from .dataset import BatchSampler, Dataset, IterableDataset, RandomSampler, TensorDataset
 
 
+def _stack(arrays):
+    shapes = sorted({a.shape for a in arrays})
+    if len(shapes) > 1:
+        raise ValueError(f"default_collate: samples have different shapes {shapes}; give them one shape "
+                         "(pad or crop) or pass a collate_fn")
+    return Tensor._make(np.stack(arrays))
+
+
 def default_collate(batch):
     """Stack a list of samples: tensors/arrays/numbers become one tensor with a batch dim;
-    tuples, lists and dicts are collated element-wise."""
+    tuples, lists and dicts are collated element-wise. Dtypes as torch's default_collate:
+    arrays, tensors and NumPy scalars keep theirs; Python bools, ints and floats give bool,
+    int64 and float64."""
     first = batch[0]
     if isinstance(first, Tensor):
-        return Tensor._make(np.stack([b.data for b in batch]))
+        return _stack([b.data for b in batch])
     if isinstance(first, np.ndarray):
-        return Tensor._make(np.stack(batch))
-    if isinstance(first, (bool, np.bool_)):
-        return Tensor._make(np.asarray(batch, dtype=np.bool_))
-    if isinstance(first, (int, np.integer)):
-        return Tensor._make(np.asarray(batch, dtype=np.int64))
-    if isinstance(first, (float, np.floating)):
-        return Tensor._make(np.asarray(batch, dtype=np.float32))
+        return _stack(batch)
     if isinstance(first, (str, bytes)):
         return list(batch)
+    if isinstance(first, (np.number, np.bool_)):
+        return Tensor._make(np.asarray(batch))
+    if isinstance(first, bool):
+        return Tensor._make(np.asarray(batch, dtype=np.bool_))
+    if isinstance(first, int):  # a float among the ints makes them float32, as torch.tensor does
+        arr = np.asarray(batch)
+        return Tensor._make(arr.astype(np.int64 if arr.dtype.kind in "biu" else np.float32))
+    if isinstance(first, float):
+        return Tensor._make(np.asarray(batch, dtype=np.float64))
     if isinstance(first, dict):
         return {k: default_collate([b[k] for b in batch]) for k in first}
     if isinstance(first, (tuple, list)):
         sizes = {len(b) for b in batch}
         if len(sizes) != 1:
             raise ValueError(f"default_collate: samples have different lengths {sorted(sizes)}")
-        cols = [default_collate(list(items)) for items in zip(*batch)]
-        return tuple(cols) if isinstance(first, tuple) else cols
+        return _like(first, [default_collate(list(items)) for items in zip(*batch)])
     raise TypeError(f"default_collate: cannot batch samples of type {type(first).__name__}; pass a "
                     "collate_fn")
+
+
+def _like(seq, items):
+    """A tuple, namedtuple or list of ``items``, of the type of ``seq``."""
+    if hasattr(seq, "_fields"):
+        return type(seq)(*items)
+    return tuple(items) if isinstance(seq, tuple) else list(items)
+
+
+class _Array:
+    """A tensor's array on its way from a worker process (a marker no sample can look like)."""
+
+    def __init__(self, data):
+        self.data = data
 
 
 def _to_arrays(obj):
     """Tensors -> arrays, for sending batches between processes."""
     if isinstance(obj, Tensor):
-        return ("__tensor__", obj.data)
+        return _Array(obj.data)
     if isinstance(obj, tuple):
-        return tuple(_to_arrays(o) for o in obj)
+        return _like(obj, [_to_arrays(o) for o in obj])
     if isinstance(obj, list):
         return [_to_arrays(o) for o in obj]
     if isinstance(obj, dict):
@@ -59,10 +85,10 @@ def _to_arrays(obj):
 
 
 def _from_arrays(obj):
-    if isinstance(obj, tuple) and len(obj) == 2 and obj[0] == "__tensor__":
-        return Tensor._make(obj[1])
+    if isinstance(obj, _Array):
+        return Tensor._make(obj.data)
     if isinstance(obj, tuple):
-        return tuple(_from_arrays(o) for o in obj)
+        return _like(obj, [_from_arrays(o) for o in obj])
     if isinstance(obj, list):
         return [_from_arrays(o) for o in obj]
     if isinstance(obj, dict):
@@ -70,16 +96,39 @@ def _from_arrays(obj):
     return obj
 
 
+def _gather(dataset, indices):
+    """``[dataset[i] for i in indices]``; an error raised by the dataset gets a note naming the index."""
+    samples = []
+    for i in indices:
+        try:
+            samples.append(dataset[i])
+        except Exception as e:
+            if hasattr(e, "add_note"):  # Python >= 3.11
+                e.add_note(f"DataLoader: raised by dataset[{i!r}] ({type(dataset).__name__}), loading the "
+                           f"batch of indices {list(indices)}")
+            raise
+    return samples
+
+
+def _fetch(dataset, collate_fn, batched, indices):
+    """One batch (or, unbatched, one sample) of ``dataset``: the same in the main thread and in workers."""
+    if not batched:
+        return _gather(dataset, indices)[0]
+    if collate_fn is None and isinstance(dataset, TensorDataset):  # one fancy index per array
+        idx = np.asarray(indices)
+        return tuple(Tensor._make(a[idx]) for a in dataset.arrays)
+    return (collate_fn or default_collate)(_gather(dataset, indices))
+
+
 _WORKER_STATE: dict = {}
 
 
-def _worker_init(dataset, collate_fn):
-    _WORKER_STATE["dataset"], _WORKER_STATE["collate"] = dataset, collate_fn
+def _worker_init(dataset, collate_fn, batched):
+    _WORKER_STATE["args"] = (dataset, collate_fn, batched)
 
 
 def _load_in_process(indices):
-    ds, collate = _WORKER_STATE["dataset"], _WORKER_STATE["collate"]
-    return _to_arrays(collate([ds[i] for i in indices]))
+    return _to_arrays(_fetch(*_WORKER_STATE["args"], indices))
 
 
 class DataLoader:
@@ -104,6 +153,12 @@ class DataLoader:
             raise ValueError(f"DataLoader: worker_type must be 'thread' or 'process', got {worker_type!r}")
         if sampler is not None and shuffle:
             raise ValueError("DataLoader: give either sampler or shuffle=True, not both")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size <= 0):
+            raise ValueError(f"DataLoader: batch_size must be a positive int or None, got {batch_size!r}")
+        if isinstance(dataset, IterableDataset) and (shuffle or sampler is not None):
+            raise ValueError("DataLoader: an IterableDataset has no indices, so no shuffle or sampler: shuffle "
+                             "inside its __iter__ instead")
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
         self.drop_last, self.seed, self.generator = drop_last, seed, generator
         self.collate_fn = collate_fn
@@ -144,13 +199,7 @@ class DataLoader:
 
     # ---- loading ------------------------------------------------------------------------
     def _fetch(self, indices):
-        if self.batch_size is None:
-            return self.dataset[indices[0]]
-        ds = self.dataset
-        if self.collate_fn is None and isinstance(ds, TensorDataset):  # one fancy index per array
-            idx = np.asarray(indices)
-            return tuple(Tensor._make(a[idx]) for a in ds.arrays)
-        return (self.collate_fn or default_collate)([ds[i] for i in indices])
+        return _fetch(self.dataset, self.collate_fn, self.batch_size is not None, indices)
 
     def _iter_iterable(self):
         collate = self.collate_fn or default_collate
@@ -166,17 +215,12 @@ class DataLoader:
         if batch and not self.drop_last:
             yield collate(batch)
 
-    def _get_executor(self):
-        if self._executor is None:
-            if self.worker_type == "thread":
-                self._executor = cf.ThreadPoolExecutor(self.num_workers, thread_name_prefix="ember-data")
-            else:
-                ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                                  else "spawn")
-                self._executor = cf.ProcessPoolExecutor(
-                    self.num_workers, mp_context=ctx, initializer=_worker_init,
-                    initargs=(self.dataset, self.collate_fn or default_collate))
-        return self._executor
+    def _new_executor(self):
+        if self.worker_type == "thread":
+            return cf.ThreadPoolExecutor(self.num_workers, thread_name_prefix="ember-data")
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        return cf.ProcessPoolExecutor(self.num_workers, mp_context=ctx, initializer=_worker_init,
+                                      initargs=(self.dataset, self.collate_fn, self.batch_size is not None))
 
     def _shutdown(self):
         if self._executor is not None:
@@ -196,7 +240,14 @@ class DataLoader:
         yield from self._iter_workers(batches)
 
     def _iter_workers(self, batches):
-        executor = self._get_executor()
+        # persistent workers serve every epoch; otherwise each iterator has its own, so that one
+        # iterator ending does not stop another one still running over this loader
+        if not self.persistent_workers:
+            executor = self._new_executor()
+        else:
+            if self._executor is None:
+                self._executor = self._new_executor()
+            executor = self._executor
         process = self.worker_type == "process"
         submit = (lambda ix: executor.submit(_load_in_process, ix)) if process else \
             (lambda ix: executor.submit(self._fetch, ix))
@@ -219,7 +270,7 @@ class DataLoader:
             for f in pending:
                 f.cancel()
             if not self.persistent_workers:
-                self._shutdown()
+                executor.shutdown(wait=True, cancel_futures=True)
 
     def __del__(self):
         try:
