@@ -39,6 +39,8 @@ def digits(split=None, test_size=0.2, seed=0, flatten=False):
     except ImportError:
         raise ImportError("ember.data.datasets.digits needs scikit-learn, which ships the digits: "
                           "pip install scikit-learn  (or pip install 'ember[datasets]')") from None
+    if not 0 < test_size < 1:
+        raise ValueError(f"digits: test_size must be in (0, 1), got {test_size}")
     d = load_digits()
     x = (d.data / 16.0).astype(np.float32)
     x = x if flatten else x.reshape(-1, 1, 8, 8)
@@ -57,10 +59,12 @@ def digits(split=None, test_size=0.2, seed=0, flatten=False):
 # ---- MNIST-style IDX files --------------------------------------------------------------------
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_CODES = {np.dtype(t).newbyteorder("="): code for code, t in _IDX_DTYPES.items()}
 
 
 def read_idx(path):
     """Read one IDX file (optionally gzipped): magic, big-endian dims, then the data."""
+    path = os.fspath(path)
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
@@ -96,16 +100,26 @@ def _find(root, names, subdirs, what, url):
                             f"standard files there (from {url}); ember never downloads data.")
 
 
+def _read_mnist_part(path, magic, kind):
+    """An IDX file that must hold MNIST's ``kind``: magic 2051 (uint8, 3 dims) or 2049 (uint8, 1 dim)."""
+    a = read_idx(path)
+    found = _IDX_CODES[a.dtype] << 8 | a.ndim
+    if found != magic:
+        raise ValueError(f"{path}: IDX magic number {found} ({a.dtype} data of shape {a.shape}), expected {magic} "
+                         f"for a file of {kind}: is this the {kind} file?")
+    return a
+
+
 def _mnist_like(root, train, as_float, subdir, what, url):
     prefix = "train" if train else "t10k"
     subdirs = ["", subdir, os.path.join(subdir, "raw")]
-    images = read_idx(_find(root, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"], subdirs,
-                            what, url))
-    labels = read_idx(_find(root, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"], subdirs,
-                            what, url))
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"{what}: images {images.shape} and labels {labels.shape} do not match "
-                         "(expected (N, 28, 28) and (N,))")
+    image_path = _find(root, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"], subdirs, what, url)
+    label_path = _find(root, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"], subdirs, what, url)
+    images = _read_mnist_part(image_path, 2051, "images")
+    labels = _read_mnist_part(label_path, 2049, "labels")
+    if len(images) != len(labels):
+        raise ValueError(f"{what}: images {images.shape} in {image_path} and labels {labels.shape} in {label_path} "
+                         "do not match: expected as many labels as images")
     labels = labels.astype(np.int64)
     if as_float:
         return (images.astype(np.float32) / 255.0)[:, None], labels
@@ -129,18 +143,31 @@ def fashion_mnist(root, train=True, as_float=True):
 
 # ---- CIFAR-10 ----------------------------------------------------------------------------------
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+def _latin1_encode(text, encoding):
+    """``_codecs.encode(text, 'latin1')``: how Python 3 pickles bytes with protocols 0-2; nothing else."""
+    if encoding != "latin1":
+        raise _Refused(f"refusing to call '_codecs.encode' with encoding {encoding!r} from a data file")
+    return text.encode("latin-1")
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickles CIFAR's batches (dicts of bytes, lists and NumPy arrays) and nothing else:
     any other global named by the file is refused, so loading runs no code from it."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype")} | {  # _frombuffer: arrays pickled with protocol 5
+        (f"numpy.{core}.{module}", name) for core in ("core", "_core")
+        for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
 
     def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):  # bytes pickled by Python 3 with protocol 2
+            return _latin1_encode
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load '{module}.{name}' from a data file: CIFAR "
-                                         "batches only contain arrays, lists and bytes")
+            raise _Refused(f"refusing to load '{module}.{name}' from a data file: CIFAR "
+                           "batches only contain arrays, lists and bytes")
         return super().find_class(module, name)
 
 
@@ -149,8 +176,8 @@ def _load_cifar_batch(path):
         data = f.read()
     try:
         d = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except pickle.UnpicklingError:
-        raise
+    except _Refused as e:
+        raise pickle.UnpicklingError(f"{path}: {e}") from None
     except Exception as e:
         raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
@@ -229,7 +256,11 @@ class CharVocab:
         return self._table[np.minimum(codes, len(self._table) - 1)]
 
     def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in np.asarray(ids).reshape(-1))
+        ids = np.asarray(ids).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self.chars)):
+            raise ValueError(f"CharVocab.decode: ids must be in [0, {len(self.chars)}), got values from {ids.min()} "
+                             f"to {ids.max()}")
+        return "".join(self.chars[int(i)] for i in ids)
 
 
 class CharDataset:
@@ -246,6 +277,10 @@ class CharDataset:
     def __getitem__(self, i):
         from ..tensor import Tensor
 
+        n = len(self)
+        if not -n <= i < n:  # also ends iteration: slicing past the end would give short windows forever
+            raise IndexError(f"CharDataset: index {i} out of range for {n} windows")
+        i = i + n if i < 0 else i
         return Tensor._make(self.ids[i:i + self.context]), Tensor._make(self.ids[i + 1:i + self.context + 1])
 
     def batch(self, starts):
