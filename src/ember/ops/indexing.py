@@ -193,19 +193,55 @@ def getitem(x, index):
     return _take(x, idx, template)
 
 
+def _assigned(x, index, value):
+    """``x`` with ``x[index]`` replaced by ``value``, out of place: the gradient reaching ``x``
+    is zero at the assigned positions and the rest goes to ``value`` (summed over broadcasting)."""
+    template, idx = _norm_index(index)
+    with _no_recording():
+        shape = getitem(x.detach(), index).shape
+    v = as_tensor(value)
+    if v.dtype != x.dtype:
+        v = v.astype(x.dtype)
+    if tuple(v.shape) != tuple(shape):
+        try:
+            np.broadcast_shapes(tuple(v.shape), tuple(shape))
+        except ValueError:
+            raise ShapeError(f"setitem: cannot assign a value of shape {tuple(v.shape)} to x[index] of shape "
+                             f"{tuple(shape)} (x has shape {tuple(x.shape)})") from None
+        v = v.expand(shape)
+    put = index_put(v, idx, template, x.shape, accumulate=False)
+    with _no_recording():
+        hit = index_put(Tensor._make(np.ones(shape, dtype=bool)), idx, template, x.shape, accumulate=False)
+    return where(hit, put, x)
+
+
+class _no_recording:
+    def __enter__(self):
+        self.prev, GradMode.enabled = GradMode.enabled, False
+
+    def __exit__(self, *exc):
+        GradMode.enabled = self.prev
+
+
 def setitem(x, index, value):
-    """``x[index] = value`` in place, for tensors that need no gradient."""
-    if GradMode.enabled and x.requires_grad:
-        raise GradError(
-            f"setitem: cannot assign into a tensor that requires grad (shape {x.shape}); build "
-            "the result out of place (em.where, masked_fill, index_put), or assign under "
-            "em.no_grad() if this is not part of the model")
-    if x._base is not None and GradMode.enabled and x._base.requires_grad:
-        raise GradError("setitem: cannot assign into a view of a tensor that requires grad")
+    """``x[index] = value`` in place (PyTorch semantics): recorded by autograd when ``x`` or
+    ``value`` requires grad (not for a leaf that requires grad), and compiled under ``em.jit``."""
+    from .inplace import inplace
+
+    _check_index(x.shape, index, "setitem")
+    if x._base is not None and GradMode.enabled and x._base.requires_grad and not x.requires_grad:
+        raise GradError("setitem: cannot assign into a view of a tensor that requires grad when the view was made "
+                        "under em.no_grad(); assign under em.no_grad() too, or index the tensor itself")
+    recording = GradMode.enabled and (x.requires_grad or (isinstance(value, Tensor) and value.requires_grad))
+    if recording or not is_concrete(x) or (isinstance(value, Tensor) and not is_concrete(value)):
+        if x.requires_grad and x._node is None and GradMode.enabled:
+            raise GradError(f"setitem: cannot assign into a leaf tensor that requires grad (shape {x.shape}); "
+                            "assign under `with em.no_grad():` if this is not part of the model, or build the "
+                            "result out of place (em.where, masked_fill, index_put)")
+        return inplace(x, "setitem", _assigned, index, value)
     if not x.data.flags.writeable:
         raise OpError(f"setitem: this tensor (shape {x.shape}) is a read-only broadcast view; "
                       "call .clone() or .contiguous() before writing to it")
-    _check_index(x.shape, index, "setitem")
     template, idx = _norm_index(index)
     index = _fill(template, tuple(t.data for t in idx))
     v = value.data if isinstance(value, Tensor) else value

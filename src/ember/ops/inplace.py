@@ -8,6 +8,8 @@ counter makes any earlier use of the old value in the graph fail loudly at backw
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from ..autograd.engine import GradMode
@@ -66,7 +68,15 @@ def inplace(t, name, fn, *args, **kwargs):
     _check_writable(t, name)
     if _recording(t, args):
         _check_recordable(t, name)
-        result = fn(t, *args, **kwargs)
+        # the op reads t's current value under another name; if its gradient rule saved that
+        # value (mul_ needs the old self), give the saved tensor a copy before t is overwritten
+        old = Tensor._make(t.data)
+        old._node, old.requires_grad = t._node, t.requires_grad
+        result = fn(old, *args, **kwargs)
+        kept = weakref.ref(old)
+        del old
+        if kept() is not None and TRACING[0] is None:
+            kept().data = kept().data.copy()
         _write_back(t, result, name)
         t._version[0] += 1
         t._node, t.requires_grad = result._node, result.requires_grad
