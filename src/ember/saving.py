@@ -310,11 +310,16 @@ def load_state_dict_from(path) -> dict:
 
 # ---- training checkpoints ------------------------------------------------------------------
 
-def save_checkpoint(path, model, optimizer=None, epoch=None, **extra) -> str:
-    """Weights, optimizer state, epoch, ember's RNG state and ``extra`` JSON values, atomically."""
+def save_checkpoint(path, model, optimizer=None, epoch=None, arrays=None, **extra) -> str:
+    """Weights, optimizer state, epoch, ember's RNG state and ``extra`` JSON values, atomically.
+
+    ``arrays``: further named NumPy arrays to keep (``load_checkpoint`` returns them as ``'arrays'``).
+    """
     from .random import get_rng_state
 
+    extra_arrays = {f"extra/{k}": np.asarray(v) for k, v in (arrays or {}).items()}
     arrays = {f"model/{k}": v.data for k, v in model.state_dict().items()}
+    arrays.update(extra_arrays)
     meta = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "rng": get_rng_state(), "extra": extra}
     if optimizer is not None:
         sd = optimizer.state_dict()
@@ -331,10 +336,16 @@ def save_checkpoint(path, model, optimizer=None, epoch=None, **extra) -> str:
 
 
 def load_checkpoint(path, model, optimizer=None, restore_rng=True) -> dict:
-    """Restore what ``save_checkpoint`` wrote; returns ``{'epoch': ..., **extra}``."""
+    """Restore what ``save_checkpoint`` wrote; returns ``{'epoch': ..., **extra}`` (and ``'arrays'``
+    when it was given ``arrays``)."""
+    arrays, meta = read_safetensors(path, CHECKPOINT_FORMAT)
+    return apply_checkpoint(path, arrays, meta, model, optimizer, restore_rng)
+
+
+def apply_checkpoint(path, arrays, meta, model, optimizer=None, restore_rng=True) -> dict:
+    """``load_checkpoint`` for a file already read with ``read_safetensors``."""
     from .random import set_rng_state
 
-    arrays, meta = read_safetensors(path, CHECKPOINT_FORMAT)
     model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")})
     if optimizer is not None:
         opt_meta = json.loads(meta.get("optimizer", "null") or "null")
@@ -352,4 +363,8 @@ def load_checkpoint(path, model, optimizer=None, restore_rng=True) -> dict:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     if restore_rng:
         set_rng_state(json.loads(meta["rng"]))
-    return {"epoch": json.loads(meta.get("epoch", "null")), **json.loads(meta.get("extra", "{}"))}
+    out = {"epoch": json.loads(meta.get("epoch", "null")), **json.loads(meta.get("extra", "{}"))}
+    extra_arrays = {k[len("extra/"):]: v for k, v in arrays.items() if k.startswith("extra/")}
+    if extra_arrays:
+        out["arrays"] = extra_arrays
+    return out

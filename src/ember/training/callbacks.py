@@ -28,6 +28,16 @@ class Callback:
     def on_test_end(self, logs=None): ...
     def on_test_batch_end(self, batch, logs=None): ...
 
+    def get_state(self) -> dict:
+        """State that affects the rest of training (counters, best values), for BackupAndRestore:
+        numbers, strings, NumPy arrays, and lists/tuples/dicts of them. Restored after
+        ``on_train_begin`` with ``set_state``."""
+        return {}
+
+    def set_state(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
 
 def _overrides(callback, hook):
     return getattr(getattr(callback, hook), "__func__", None) is not getattr(Callback, hook)
@@ -73,6 +83,9 @@ class History(Callback):
         self.epoch.append(epoch)
         for k, v in (logs or {}).items():
             self.history.setdefault(k, []).append(v)
+
+    def get_state(self):
+        return {"history": self.history, "epoch": self.epoch}
 
     def plot(self, path=None, metrics=None):
         """Draw loss/metric curves (train and validation) to ``path`` (PNG) with matplotlib."""
@@ -165,6 +178,10 @@ class EarlyStopping(Callback):
         self.best_epoch = 0
         self.stopped_epoch = 0
 
+    def get_state(self):
+        return {"wait": self.wait, "best": self.best, "best_epoch": self.best_epoch,
+                "stopped_epoch": self.stopped_epoch, "best_weights": self.best_weights}
+
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is None:
@@ -204,6 +221,9 @@ class ModelCheckpoint(Callback):
         self.mode = _monitor_mode(monitor, mode)
         self.verbose = verbose
         self.best = math.inf if self.mode == "min" else -math.inf
+
+    def get_state(self):
+        return {"best": self.best}
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -260,6 +280,9 @@ class ReduceLROnPlateau(Callback):
         self.wait = 0
         self.cooldown_counter = 0
 
+    def get_state(self):
+        return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         value = logs.get(self.monitor)
@@ -282,6 +305,55 @@ class ReduceLROnPlateau(Callback):
                 self.cooldown_counter, self.wait = self.cooldown, 0
                 if self.verbose:
                     print(f"Epoch {epoch + 1}: reducing learning rate to {groups[0]['lr']:.6g}")
+
+
+class BackupAndRestore(Callback):
+    """Make ``fit`` resumable after an interruption (Keras's ``BackupAndRestore``).
+
+    The run's whole state is written atomically to ``backup_dir/training-backup.ember`` at the
+    end of every epoch (``save_freq="epoch"``) or every ``save_freq`` batches (an int). A ``fit``
+    that finds a backup there continues from it: same weights, optimizer state, epoch and batch,
+    RNG and shuffle order, callback counters and History, so it ends with the same weights as a
+    run that was never interrupted. The backup is deleted when training finishes (unless
+    ``delete_checkpoint=False``). ``model.fit(..., resume_from=backup_dir)`` is a shorthand.
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1):
+            raise ValueError(f"BackupAndRestore: save_freq must be 'epoch' or a positive number of batches, got "
+                             f"{save_freq!r}")
+        if not backup_dir:
+            raise ValueError("BackupAndRestore: backup_dir is required (a directory for the backup file)")
+        from .backup import BACKUP_FILE
+
+        self.backup_dir = os.fspath(backup_dir)
+        self.path = os.path.join(self.backup_dir, BACKUP_FILE)
+        self.save_freq, self.delete_checkpoint = save_freq, delete_checkpoint
+
+    # fit calls these three (at points no hook order could give: after every callback has seen
+    # the epoch or batch, and, mid-epoch, after on_epoch_begin)
+    def _read(self, run):
+        from .backup import Backup
+
+        return Backup(self.path, run) if os.path.exists(self.path) else None
+
+    def _after_batch(self, run):
+        if self.save_freq != "epoch" and run.batches_done % self.save_freq == 0:
+            from . import backup
+
+            backup.save(self.path, run)
+
+    def _after_epoch(self, run):
+        if self.save_freq == "epoch":
+            from . import backup
+
+            backup.save(self.path, run)
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint:
+            from .backup import remove
+
+            remove(self.path)
 
 
 class CSVLogger(Callback):

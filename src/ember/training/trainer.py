@@ -17,7 +17,7 @@ from ..autograd.engine import no_grad
 from ..tensor import Tensor
 from . import losses as losses_mod
 from . import metrics as metrics_mod
-from .callbacks import CallbackList, History, ProgbarLogger
+from .callbacks import BackupAndRestore, CallbackList, History, ProgbarLogger
 
 _OPTIMIZERS = {  # Keras's default hyperparameters for optimizers given by name
     "adam": ("Adam", {"lr": 1e-3, "eps": 1e-7}),
@@ -220,9 +220,23 @@ def _update_metrics(metrics, y, y_pred):
 
 # ---- fit / evaluate / predict -----------------------------------------------------------------
 
+def _backup_of(callbacks, resume_from):
+    """The fit's BackupAndRestore callback (``resume_from=dir`` adds one), or None."""
+    if resume_from is not None:
+        if any(isinstance(c, BackupAndRestore) for c in callbacks):
+            raise ValueError("fit: pass resume_from= or a BackupAndRestore callback, not both")
+        callbacks.append(BackupAndRestore(resume_from))
+    found = [c for c in callbacks if isinstance(c, BackupAndRestore)]
+    if len(found) > 1:
+        raise ValueError(f"fit: at most one BackupAndRestore callback, got {len(found)}")
+    return found[0] if found else None
+
+
 def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuffle, callbacks, verbose,
-        initial_epoch, steps_per_epoch):
+        initial_epoch, steps_per_epoch, resume_from=None):
     _require_compiled(model, "fit")
+    callbacks = list(callbacks or [])
+    backup = _backup_of(callbacks, resume_from)
     fdt = _float_dtype(model)
     val = None
     if validation_split and validation_data is None:
@@ -257,7 +271,7 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
         steps = steps_per_epoch if steps is None else min(steps, steps_per_epoch)
 
     history = History()
-    cbs = ([ProgbarLogger(verbose)] if verbose else []) + list(callbacks or []) + [history]
+    cbs = ([ProgbarLogger(verbose)] if verbose else []) + callbacks + [history]
     object.__setattr__(model, "history", history)
     object.__setattr__(model, "_fit_state", {"epochs": epochs, "steps": steps})
     object.__setattr__(model, "stop_training", False)
@@ -267,13 +281,38 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
     jitted = model.compiled.jit
     train_step = jitted.train if jitted is not None else model.train_step
     cb.on_train_begin()
+    run = resume = None
+    if backup is not None:
+        from .backup import FitRun
+
+        run = FitRun(model, train, callbacks, history, metrics, initial_epoch)
+        resume = backup._read(run)
+        if resume is not None:
+            initial_epoch = resume.epoch
+            if not resume.mid_epoch:  # at an epoch boundary: restore now; mid-epoch: after on_epoch_begin
+                resume.apply(run)
+                resume = None
     for epoch in range(initial_epoch, epochs):
+        if model.stop_training:  # only after resuming a run that had stopped
+            break
         model.train()
         for m in metrics:
             m.reset_state()
         cb.on_epoch_begin(epoch)
-        total, count, last_shown, shown = 0.0, 0, 0.0, {}
-        for step, batch in enumerate(train):
+        total, count, last_shown, shown, first = 0.0, 0, 0.0, {}, 0
+        if resume is not None:
+            batches = resume.apply(run)
+            total, count, first, resume = run.total, run.count, run.step, None
+            if model.stop_training:  # the backed-up batch had stopped training (e.g. TerminateOnNaN)
+                batches = iter(())
+            for c in cbs:
+                if isinstance(c, ProgbarLogger) and c.bar is not None:
+                    c.bar.update(first)
+        else:
+            if run is not None:
+                run.mark_epoch_start()
+            batches = train
+        for step, batch in enumerate(batches, start=first):
             if steps is not None and step >= steps:
                 break
             xb, yb = _split_batch(batch)
@@ -292,6 +331,10 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
                     shown = {m.name: m.result() for m in metrics}
                 logs.update(shown)
             cb.on_train_batch_end(step, logs)
+            if run is not None:
+                run.epoch, run.step, run.total, run.count = epoch, step + 1, total, count
+                run.batches_done += 1
+                backup._after_batch(run)
             if model.stop_training:
                 break
         if count == 0:
@@ -302,6 +345,9 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
             val_logs = _evaluate_batches(model, val)
             epoch_logs.update(("val_" + k, v) for k, v in val_logs.items())
         cb.on_epoch_end(epoch, epoch_logs)
+        if run is not None:
+            run.epoch, run.step = epoch + 1, 0
+            backup._after_epoch(run)
         if model.stop_training:
             break
     cb.on_train_end()
