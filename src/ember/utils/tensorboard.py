@@ -7,6 +7,8 @@ TensorBoard's ``GraphDef`` for ``add_graph``. tensorboardX is imported when a wr
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import time
 
@@ -283,45 +285,107 @@ def graph_def(model, example_input=None):
 
 # ---- the writer ---------------------------------------------------------------------------
 
+_FILE_IDS = itertools.count()
+
+
+class _EventsFile:
+    """One run's events file, written synchronously with tensorboardX's ``EventsWriter`` (TFRecord
+    framing and CRCs), so ``flush()`` means the events are on disk. (tensorboardX's own
+    ``SummaryWriter`` writes from a background thread whose ``flush`` does not wait for the queue.)"""
+
+    def __init__(self, log_dir, max_queue, flush_secs, filename_suffix, purge_step=None):
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+        os.makedirs(log_dir, exist_ok=True)
+        # tensorboardX names files by the second and host; pid and a counter keep two writers
+        # opened in the same second (sub-runs, repeated fits) from overwriting each other
+        suffix = f".{os.getpid()}.{next(_FILE_IDS)}{filename_suffix}"
+        self.events = EventsWriter(os.path.join(log_dir, "events"), suffix)
+        self.max_queue, self.flush_secs = max_queue, flush_secs
+        self.pending, self.last_flush = 0, time.monotonic()
+        if purge_step is not None:  # TensorBoard drops events of earlier files with step >= purge_step
+            self.write(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+
+    def write(self, event):
+        self.events.write_event(event)
+        self.pending += 1
+        if self.pending >= self.max_queue or time.monotonic() - self.last_flush >= self.flush_secs:
+            self.flush()
+
+    def flush(self):
+        self.events.flush()
+        self.pending, self.last_flush = 0, time.monotonic()
+
+    def close(self):
+        self.events.close()
+
+
 class SummaryWriter:
     """Writes TensorBoard event files to ``log_dir`` (default ``runs/<date>_<host><comment>``),
     with ``torch.utils.tensorboard.SummaryWriter``'s methods; values may be ember tensors,
     NumPy arrays or numbers. View with ``tensorboard --logdir runs``.
 
-    Events are queued (up to ``max_queue``) and written every ``flush_secs`` seconds, on
-    ``flush()`` and on ``close()`` (also at the end of a ``with`` block).
+    Events are buffered and written to disk after ``max_queue`` events or ``flush_secs`` seconds
+    (checked when an event is added), on ``flush()`` and on ``close()`` (also at the end of a
+    ``with`` block).
     """
 
     def __init__(self, log_dir=None, comment="", purge_step=None, max_queue=10, flush_secs=120,
                  filename_suffix=""):
-        tbx = _tensorboardx("em.utils.SummaryWriter")
-        if log_dir is not None:
-            log_dir = os.fspath(log_dir)
-        self._writer = tbx.SummaryWriter(logdir=log_dir, comment=comment, purge_step=purge_step,
-                                         max_queue=max_queue, flush_secs=flush_secs,
-                                         filename_suffix=filename_suffix)
-        self.log_dir = self._writer.logdir
+        _tensorboardx("em.utils.SummaryWriter")
+        if log_dir is None:  # PyTorch's default
+            import socket
+            from datetime import datetime
+
+            log_dir = os.path.join("runs", datetime.now().strftime("%b%d_%H-%M-%S") + "_" + socket.gethostname()
+                                   + comment)
+        self.log_dir = os.fspath(log_dir)
         self._options = {"max_queue": max_queue, "flush_secs": flush_secs, "filename_suffix": filename_suffix}
+        self._files = {}  # directory -> _EventsFile: this run's, and add_scalars' sub-runs
+        self._file(self.log_dir, purge_step)
 
     def get_logdir(self):
         return self.log_dir
 
-    def _file_writer(self):
-        # tensorboardX opens the events file on first use; its own add_* methods go through this too
-        return self._writer._get_file_writer()
+    def _file(self, directory=None, purge_step=None):
+        directory = directory or self.log_dir
+        f = self._files.get(directory)
+        if f is None:
+            f = self._files[directory] = _EventsFile(directory, purge_step=purge_step, **self._options)
+        return f
+
+    def _event(self, directory=None, walltime=None, **fields):
+        from tensorboardX.proto.event_pb2 import Event
+
+        self._file(directory).write(Event(wall_time=time.time() if walltime is None else walltime, **fields))
+
+    def add_summary(self, summary, global_step=None, walltime=None):
+        """A ready-made ``Summary`` protobuf (tensorboardX's classes)."""
+        self._event(walltime=walltime, summary=summary, **({} if global_step is None else {"step": int(global_step)}))
 
     def add_scalar(self, tag, scalar_value, global_step=None, walltime=None):
         """One number (a Python number, or a one-element tensor/array) at ``global_step``."""
-        self._writer.add_scalar(tag, _as_number(scalar_value, "add_scalar", tag), global_step, walltime)
+        from tensorboardX.summary import scalar
+
+        self.add_summary(scalar(tag, _as_number(scalar_value, "add_scalar", tag)), global_step, walltime)
 
     def add_scalars(self, main_tag, tag_scalar_dict, global_step=None, walltime=None):
-        """Several numbers drawn in one chart: each ``main_tag/<key>`` goes to its own sub-run."""
-        values = {k: _as_number(v, "add_scalars", f"{main_tag}/{k}") for k, v in tag_scalar_dict.items()}
-        self._writer.add_scalars(main_tag, values, global_step, walltime)
+        """Several numbers drawn in one chart: ``<key>`` goes to the sub-run ``<log_dir>/<main_tag>/<key>``
+        under the tag ``main_tag``."""
+        from tensorboardX.summary import scalar
+
+        walltime = time.time() if walltime is None else walltime
+        for key, value in tag_scalar_dict.items():
+            summary = scalar(main_tag, _as_number(value, "add_scalars", f"{main_tag}/{key}"))
+            step = {} if global_step is None else {"step": int(global_step)}
+            self._event(os.path.join(self.log_dir, main_tag, key), walltime, summary=summary, **step)
 
     def add_histogram(self, tag, values, global_step=None, bins="tensorflow", walltime=None, max_bins=None):
         """The distribution of ``values`` (any shape; flattened). ``bins``: "tensorflow" (TensorBoard's
         exponential buckets) or anything ``np.histogram`` accepts."""
+        from tensorboardX.summary import histogram
+
         arr = _as_array(values, "add_histogram", tag).astype(np.float64).reshape(-1)
         if arr.size == 0:
             raise ValueError(f"add_histogram: {tag!r} got no values (an array of size 0)")
@@ -329,24 +393,26 @@ class SummaryWriter:
         if bad:
             raise ValueError(f"add_histogram: {tag!r} has {bad} NaN or infinite values among {arr.size}; "
                              "histograms need finite values (check for diverged training)")
-        self._writer.add_histogram(tag, arr, global_step, bins=bins, walltime=walltime, max_bins=max_bins)
+        if isinstance(bins, str) and bins == "tensorflow":
+            bins = _tensorflow_bins()
+        self.add_summary(histogram(tag, arr, bins, max_bins=max_bins), global_step, walltime)
 
     def add_text(self, tag, text_string, global_step=None, walltime=None):
         """Text (Markdown) shown in TensorBoard's Text tab."""
+        from tensorboardX.summary import text
+
         if not isinstance(text_string, str):
             raise TypeError(f"add_text: {tag!r} expects a string, got {type(text_string).__name__}")
-        self._writer.add_text(tag, text_string, global_step, walltime)
+        self.add_summary(text(tag, text_string), global_step, walltime)
 
     def add_graph(self, model, input_to_model=None, verbose=False):
         """The graph of ``model(input_to_model)`` traced by ember's compiler (see ``graph_def``),
         shown in TensorBoard's Graphs tab. ``input_to_model`` may be omitted for a Model that has
         already been called or built. ``verbose`` prints ember's graph IR."""
-        from tensorboardX.proto.event_pb2 import Event
-
         definition = graph_def(model, input_to_model)
         if verbose:
             print(trace_forward(model, input_to_model))
-        self._file_writer().add_event(Event(graph_def=definition.SerializeToString()))
+        self._event(graph_def=definition.SerializeToString())
 
     def add_hparams(self, hparam_dict, metric_dict, run_name=None, global_step=None):
         """A session of the HParams dashboard, as PyTorch writes it: in the sub-run ``run_name``
@@ -359,24 +425,22 @@ class SummaryWriter:
                             f"{type(hparam_dict).__name__} and {type(metric_dict).__name__}")
         metrics = {k: _as_number(v, "add_hparams", k) for k, v in metric_dict.items()}
         summaries = hparams_summaries(hparam_dict, [("", k) for k in metrics])
-        run_dir = os.path.join(self.log_dir, run_name or str(time.time()))
-        with SummaryWriter(run_dir, **self._options) as run:
+        with SummaryWriter(os.path.join(self.log_dir, run_name or str(time.time())), **self._options) as run:
             for summary in summaries:
-                run._file_writer().add_summary(summary, global_step)
+                run.add_summary(summary, global_step)
             for k, v in metrics.items():
                 run.add_scalar(k, v, global_step)
 
-    def add_summary(self, summary, global_step=None, walltime=None):
-        """A ready-made ``Summary`` protobuf (tensorboardX's classes)."""
-        self._file_writer().add_summary(summary, global_step, walltime)
-
     def flush(self):
-        """Write queued events to disk now."""
-        self._writer.flush()
+        """Write buffered events to disk now."""
+        for f in self._files.values():
+            f.flush()
 
     def close(self):
-        """Flush and close the events files."""
-        self._writer.close()
+        """Flush and close the events files; adding more events afterwards opens new ones."""
+        for f in self._files.values():
+            f.close()
+        self._files = {}
 
     def __enter__(self):
         return self
@@ -387,3 +451,13 @@ class SummaryWriter:
 
     def __repr__(self):
         return f"SummaryWriter(log_dir={self.log_dir!r})"
+
+
+@functools.cache
+def _tensorflow_bins():
+    """TensorBoard's default bucket limits: 0 and +-1e-12 growing by 10% up to 1e20 (as tensorboardX's
+    and TensorFlow's writers make them)."""
+    limits = [1e-12]
+    while limits[-1] * 1.1 < 1e20:
+        limits.append(limits[-1] * 1.1)
+    return [-v for v in reversed(limits)] + [0.0] + limits
