@@ -397,6 +397,142 @@ class TerminateOnNaN(Callback):
             self.model.stop_training = True
 
 
+class TensorBoard(Callback):
+    """Write TensorBoard logs during ``fit``, as Keras's ``TensorBoard`` callback does.
+
+    ``log_dir/train`` gets ``epoch_<name>`` scalars per epoch (loss, metrics and
+    ``epoch_learning_rate``), ``log_dir/validation`` the validation ones (``val_loss`` is
+    ``epoch_loss`` there). ``update_freq="batch"`` (or an int N: every N batches) also writes
+    ``batch_<name>`` scalars at the global batch number. Every ``histogram_freq`` epochs (0: never)
+    the weights (``<name>/histogram``) and the gradients of the epoch's last training batch
+    (``<name>/gradient``) become histograms. ``write_graph`` draws the model traced by ember's
+    compiler once; the optimizer, learning rate, batch size and epochs (plus ``hparams``, a dict
+    of your own) go to the HParams dashboard, with the epoch scalars as its metrics.
+    Run ``tensorboard --logdir logs`` to view.
+    """
+
+    def __init__(self, log_dir="logs", histogram_freq=0, write_graph=True, update_freq="epoch", hparams=None):
+        if isinstance(histogram_freq, bool) or not isinstance(histogram_freq, int) or histogram_freq < 0:
+            raise ValueError(f"TensorBoard: histogram_freq must be an int >= 0 (0: no histograms), got "
+                             f"{histogram_freq!r}")
+        if update_freq == "batch":
+            update_freq = 1
+        if update_freq != "epoch" and (isinstance(update_freq, bool) or not isinstance(update_freq, int)
+                                       or update_freq < 1):
+            raise ValueError(f"TensorBoard: update_freq must be 'epoch', 'batch' or an int >= 1, got {update_freq!r}")
+        if hparams is not None and not isinstance(hparams, dict):
+            raise TypeError(f"TensorBoard: hparams must be a dict of name -> value, got {type(hparams).__name__}")
+        self.log_dir, self.histogram_freq = os.fspath(log_dir), histogram_freq
+        self.write_graph, self.update_freq, self.hparams = write_graph, update_freq, dict(hparams or {})
+        self._writers = {}
+
+    def _writer(self, run):
+        writer = self._writers.get(run)
+        if writer is None:
+            from ..utils.tensorboard import SummaryWriter
+
+            writer = self._writers[run] = SummaryWriter(os.path.join(self.log_dir, run) if run else self.log_dir)
+        return writer
+
+    def on_train_begin(self, logs=None):
+        self._writers = {}
+        self._writer("train")  # fails here, before any training, if tensorboardX is missing
+        self._global_batch = 0
+        self._epoch_tags = {}  # (run, tag) written per epoch: the HParams session's metrics
+        self._graph_pending, self._hparams_pending = self.write_graph, True
+        self._warned = set()
+        self._write_once()
+
+    def _warn(self, key, message):
+        if key not in self._warned:
+            self._warned.add(key)
+            import warnings
+
+            warnings.warn(f"TensorBoard: {message}", RuntimeWarning, stacklevel=3)
+
+    def _write_once(self, last_chance=False):
+        """The graph and the hyperparameters, as soon as the model's input shape and optimizer
+        are known (at train begin, or after the first batch for lazily built models)."""
+        model = self.model
+        if self._graph_pending and (model._built_input_shape is not None and not model._unbuilt_layers()
+                                    or last_chance):
+            self._graph_pending = False
+            try:
+                self._writer("train").add_graph(model)
+            except Exception as exc:  # noqa: BLE001 - a graph the tracer cannot draw must not stop training
+                self._warn("graph", f"the model graph was not written: {exc}")
+        if self._hparams_pending and model.optimizer is not None:
+            self._hparams_pending = False
+            from ..utils.tensorboard import hparams_summaries
+
+            opt = model.optimizer
+            state = getattr(model, "_fit_state", {})
+            values = {"optimizer": type(opt).__name__, "learning_rate": opt.param_groups[0]["lr"],
+                      "batch_size": state.get("batch_size"), "epochs": state.get("epochs"), **self.hparams}
+            self._hparam_values = values
+            self._writer("").add_summary(hparams_summaries(values, [])[1])
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._global_batch += 1
+        if self._graph_pending or self._hparams_pending:
+            self._write_once(last_chance=True)
+        if self.update_freq != "epoch" and self._global_batch % self.update_freq == 0:
+            writer = self._writer("train")
+            for name, value in (logs or {}).items():
+                if isinstance(value, (int, float)):
+                    writer.add_scalar("batch_" + name, value, self._global_batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        opt = self.model.optimizer
+        if "learning_rate" not in train and opt is not None:
+            train["learning_rate"] = opt.param_groups[0]["lr"]
+        for run, values in (("train", train), ("validation", {k[4:]: v for k, v in logs.items()
+                                                              if k.startswith("val_")})):
+            for name, value in values.items():
+                if isinstance(value, (int, float, np.floating, np.integer)):
+                    self._writer(run).add_scalar("epoch_" + name, value, epoch)
+                    self._epoch_tags[(run, "epoch_" + name)] = None
+        if self.histogram_freq and epoch % self.histogram_freq == 0:
+            self._histograms(epoch)
+
+    def _histograms(self, epoch):
+        writer = self._writer("train")
+        missing = []
+        named = list(self.model.named_parameters()) + [(n, b) for n, b in self.model.named_buffers()
+                                                       if b.dtype.name.startswith("float")]
+        for name, tensor in named:
+            self._histogram(writer, f"{name}/histogram", tensor, epoch)
+            if getattr(tensor, "requires_grad", False):
+                # fit's step zeroes gradients before backward, so after the epoch's last step they
+                # still hold that batch's gradients
+                if tensor.grad is None:
+                    missing.append(name)
+                else:
+                    self._histogram(writer, f"{name}/gradient", tensor.grad, epoch)
+        if missing:
+            self._warn("grads", f"no gradients at the end of epoch {epoch + 1} for {missing} (train_step "
+                                "cleared them, or they were not used); their gradient histograms are skipped")
+
+    def _histogram(self, writer, tag, tensor, epoch):
+        try:
+            writer.add_histogram(tag, tensor, epoch)
+        except ValueError as exc:  # NaN weights: keep training (TerminateOnNaN decides), say so once
+            self._warn(("nan", tag), str(exc))
+
+    def on_train_end(self, logs=None):
+        if not self._hparams_pending:
+            from ..utils.tensorboard import hparams_summaries
+
+            experiment, _, end = hparams_summaries(self._hparam_values, list(self._epoch_tags))
+            self._writer("").add_summary(experiment)
+            self._writer("").add_summary(end)
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+
 class LambdaCallback(Callback):
     def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None, on_train_end=None,
                  on_train_batch_begin=None, on_train_batch_end=None):

@@ -273,7 +273,9 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
     history = History()
     cbs = ([ProgbarLogger(verbose)] if verbose else []) + callbacks + [history]
     object.__setattr__(model, "history", history)
-    object.__setattr__(model, "_fit_state", {"epochs": epochs, "steps": steps})
+    # batch_size: what callbacks report (a loader's own batch size; fit's argument applies to arrays only)
+    object.__setattr__(model, "_fit_state", {"epochs": epochs, "steps": steps,
+                                             "batch_size": getattr(train, "batch_size", None)})
     object.__setattr__(model, "stop_training", False)
     cb = CallbackList(cbs, model)
     metrics = model.compiled.metrics
