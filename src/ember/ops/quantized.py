@@ -98,7 +98,14 @@ def _rescale(acc, x_scale, w_scale, bias, channel_shape):
     return out
 
 
+def _check_dtypes(x, w_q):
+    # NumPy would happily run on other dtypes; failing here lets the shape rule explain (registry.apply)
+    if x.dtype != np.float32 or w_q.dtype != np.int8:
+        raise TypeError(f"expected a float32 input and int8 weights, got {x.dtype} and {w_q.dtype}")
+
+
 def _quantized_linear_np(x, w_q, w_scale, bias=None):
+    _check_dtypes(x, w_q)
     xq, x_scale, x_zp = dynamic_quantize_np(x)
     shifted = xq.reshape(-1, x.shape[-1]).astype(np.int16) - np.int16(x_zp)
     acc = integer_matmul_np(shifted, w_q.T)
@@ -112,6 +119,7 @@ def _conv_size(n, k, stride, pad_begin, pad_end, dilation):
 
 def _quantized_conv2d_np(x, w_q, w_scale, bias=None, *, stride, padding, dilation, groups):
     n, c, h, w = x.shape
+    _check_dtypes(x, w_q)
     o, cg, kh, kw = w_q.shape
     (sh, sw), (dh, dw), (top, bottom, left, right) = stride, dilation, padding
     xq, x_scale, x_zp = dynamic_quantize_np(x)

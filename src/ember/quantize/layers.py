@@ -52,7 +52,7 @@ def _float_weights(module, kind):
 
 def _check_float_input(layer, x):
     if x.data.dtype.kind != "f":
-        raise OpError(f"{layer}: expects a floating point input, got {x.dtype}")
+        raise OpError(f"{layer}: expects a floating point input, got {x.data.dtype}; convert it with .float()")
     return x if x.data.dtype == np.float32 else x.float()
 
 
