@@ -189,7 +189,8 @@ def markdown(report) -> str:
         for label in ("float32", "int8"):
             r = row[label]
             ratio = f"{row['size_ratio']}x" if label == "int8" else "1x"
-            lines.append(f"| {row['model']} | {label} | {r['file_bytes']} | {ratio} | {100 * r['test_accuracy']:.2f}% | "
+            lines.append(f"| {row['model']} | {label} | {r['file_bytes']} | {ratio} | "
+                         f"{100 * r['test_accuracy']:.2f}% | "
                          f"{r['ember']['batch1_p50_ms']} | {r['ember']['batch256_images_per_s']} | "
                          f"{r['onnxruntime']['batch1_p50_ms']} | {r['onnxruntime']['batch256_images_per_s']} |")
     lines += ["", "In ember (NumPy) int8 is slower than float32: NumPy has no int8 GEMM, so each quantized layer "
