@@ -245,6 +245,9 @@ def save(model, path) -> str:
     config = get_config(model)
     arrays = {k: v.data for k, v in model.state_dict().items()}
     meta = {"format": MODEL_FORMAT, "config": config, **_input_record(model)}
+    quantized = _quantization_record(model)
+    if quantized is not None:  # the float architecture plus which layers became int8 ones
+        meta["quantization"] = quantized
     from . import __version__
 
     meta["ember_version"] = __version__
@@ -262,6 +265,14 @@ def load(path):
         raise ModelFileError(f"{os.fspath(path)!r}: damaged architecture record ({e})") from None
     model = from_config(config)
     _restore_input(model, input_shape, meta)
+    if "quantization" in meta:
+        from .quantize import restore
+
+        try:
+            record = json.loads(meta["quantization"])
+        except json.JSONDecodeError as e:
+            raise ModelFileError(f"{os.fspath(path)!r}: damaged quantization record ({e})") from None
+        restore(model, record)
     model.load_state_dict(arrays)
     model.eval()
     return model
@@ -282,6 +293,16 @@ def load_weights(model, path, strict=True):
     if getattr(model, "_built_input_shape", None) is None:
         _restore_input(model, json.loads(meta.get("input_shape", "null") or "null"), meta)
     return model.load_state_dict(arrays, strict=strict)
+
+
+def _quantization_record(model):
+    """Which layers of ``model`` are ember.quantize layers (None if none; quantized layers exist only
+    once ember.quantize has been imported)."""
+    import sys
+
+    if "ember.quantize" not in sys.modules:
+        return None
+    return sys.modules["ember.quantize"].quantization_record(model)
 
 
 def _input_record(model):

@@ -1227,6 +1227,27 @@ def _matmul_integer(ctx, a, b, a_zp=None, b_zp=None):
     return Tensor._make(np.matmul(av, bv).astype(np.int32))
 
 
+@op("ConvInteger")
+def _conv_integer(ctx, x, w, x_zp=None, w_zp=None):
+    """int32 convolution of zero-point-shifted integers; padding holds the zero point (the shifted
+    input is zero-padded), as the specification and onnxruntime do. Computed in float64, which is
+    exact for these integer sums (|x - zp| <= 255, |w - zp| <= 255, far below 2**53 in total)."""
+    xs = x.data.astype(np.float64) - (0 if x_zp is None else float(_np(x_zp).reshape(-1)[0]))
+    wzp = 0 if w_zp is None else _np(w_zp).astype(np.float64)
+    ws = w.data.astype(np.float64) - (wzp.reshape(-1, 1, 1, 1) if np.ndim(wzp) and np.size(wzp) > 1 else wzp)
+    if w.ndim != 4:
+        raise ctx.unsupported(f"{w.ndim - 2}-D integer convolution")
+    strides = ctx.attr("strides") or [1, 1]
+    dilations = ctx.attr("dilations") or [1, 1]
+    pads = _same_pads(ctx, x.shape[2:], list(w.shape[2:]), strides, dilations)
+    xt = Tensor._make(xs)
+    if pads[:2] != pads[2:]:
+        xt, pads = _explicit_pad(xt, pads), [0, 0, 0, 0]
+    out = F.conv2d(xt, Tensor._make(ws), None, tuple(strides), tuple(pads[:2]), tuple(dilations),
+                   ctx.attr("group", 1))
+    return Tensor._make(np.rint(out.data).astype(np.int32))
+
+
 @op("QLinearMatMul")
 def _qlinear_matmul(ctx, a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp):
     af = (a.data.astype(np.int64) - _np(a_zp).astype(np.int64)) * _np(a_scale)

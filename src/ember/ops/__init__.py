@@ -12,6 +12,7 @@ from . import inplace as ip
 from . import linalg as la
 from . import movement as mv
 from . import nn as nnops
+from . import quantized as _quantized  # noqa: F401  (registers the int8 primitives)
 from . import reduce as rd
 from .registry import PRIMITIVES, Meta, Primitive, apply, primitive  # noqa: F401
 
