@@ -189,7 +189,8 @@ long = int64
 _LAZY = {"nn": "ember.nn", "optim": "ember.optim", "data": "ember.data", "layers": "ember.layers",
          "training": "ember.training", "saving": "ember.saving", "utils": "ember.utils",
          "callbacks": "ember.training.callbacks", "compiler": "ember.compiler", "onnx": "ember.onnx",
-         "metrics": "ember.training.metrics", "losses": "ember.training.losses", "cli": "ember.cli"}
+         "metrics": "ember.training.metrics", "losses": "ember.training.losses", "cli": "ember.cli",
+         "distributed": "ember.distributed"}
 _LAZY_ATTRS = {
     "Model": ("ember.training.model", "Model"),
     "Sequential": ("ember.training.model", "Sequential"),

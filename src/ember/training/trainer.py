@@ -221,7 +221,7 @@ def _update_metrics(metrics, y, y_pred):
 # ---- fit / evaluate / predict -----------------------------------------------------------------
 
 def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuffle, callbacks, verbose,
-        initial_epoch, steps_per_epoch):
+        initial_epoch, steps_per_epoch, distributed=False):
     _require_compiled(model, "fit")
     fdt = _float_dtype(model)
     val = None
@@ -249,6 +249,12 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
         model.build((None,) + train.x.shape[1:], train.x.dtype.name)
     if model.optimizer is None and not model._unbuilt_layers():
         _optimizer(model)
+    dist = None
+    if distributed:  # data-parallel over MPI ranks: ember/distributed/fit.py
+        from ..distributed.fit import DistributedFit
+
+        dist = DistributedFit(model)
+        train, callbacks, verbose = dist.setup(train, callbacks, verbose)
     try:
         steps = len(train)
     except TypeError:
@@ -301,6 +307,8 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
         if val is not None:
             val_logs = _evaluate_batches(model, val)
             epoch_logs.update(("val_" + k, v) for k, v in val_logs.items())
+        if dist is not None:
+            epoch_logs = dist.average_logs(epoch_logs, count)
         cb.on_epoch_end(epoch, epoch_logs)
         if model.stop_training:
             break
