@@ -1,10 +1,10 @@
 """DistributedDataParallel over 2 real MPI ranks against one process with the doubled batch."""
 
+import mpi_worker as worker  # noqa: F401  (tests/distributed is on sys.path: pytest puts a test's folder there)
 import numpy as np
 import pytest
 
 import ember as em
-import worker  # noqa: F401  (tests/distributed is on sys.path: pytest puts a test's folder there)
 from ember import distributed as dist
 
 # float32: the ranks sum B-row gradients, the reference 2B rows at once, in different orders
