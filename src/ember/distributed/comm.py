@@ -96,6 +96,7 @@ def _install_abort_on_uncaught_exception():
         sys.stderr.write(f"ember.distributed: rank {_G.rank} of {_G.size} failed; aborting the MPI job\n")
         sys.stderr.flush()
         sys.stdout.flush()
+        time.sleep(0.5)  # MPI_Abort tears down the launcher's output forwarding: let it deliver the traceback
         _G.comm.Abort(1)
 
     sys.excepthook = abort_job

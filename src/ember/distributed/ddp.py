@@ -1,7 +1,8 @@
 """Data-parallel training: gradients averaged over ranks in buckets, overlapped with backward.
 
 ``GradientReducer`` puts the parameters, last layer first (the order backward produces their
-gradients), into buckets of at most ``bucket_cap_mb`` each. A post-accumulate-grad hook copies
+gradients), into buckets of at most ``bucket_cap_mb`` each (the first one at most 1 MiB, as in
+PyTorch, so that communication starts early in backward). A post-accumulate-grad hook copies
 each gradient, divided by the world size, into its bucket's flat buffer; when a bucket is full
 its ``Iallreduce`` starts at once while backward goes on with the earlier layers. Buckets are
 started strictly in bucket order so that every rank issues the same collectives in the same
@@ -66,10 +67,12 @@ class GradientReducer:
         self.names = names or {}
         self.enabled = True  # False inside no_sync()
         cap = int(bucket_cap_mb * 2 ** 20)
+        first_cap = min(cap, 2 ** 20)  # as PyTorch: a small first bucket starts communicating early
         self.buckets, open_bucket = [], {}
         for p in reversed(ps):  # backward produces the last layers' gradients first
             b = open_bucket.get(p.data.dtype)
-            if b is None or (b.params and b.nbytes() + p.data.nbytes > cap):
+            limit = first_cap if b is not None and b is self.buckets[0] else cap
+            if b is None or (b.params and b.nbytes() + p.data.nbytes > limit):
                 b = open_bucket[p.data.dtype] = _Bucket(p.data.dtype)
                 self.buckets.append(b)
             b.add(p)
