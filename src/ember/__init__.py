@@ -189,7 +189,7 @@ long = int64
 _LAZY = {"nn": "ember.nn", "optim": "ember.optim", "data": "ember.data", "layers": "ember.layers",
          "training": "ember.training", "saving": "ember.saving", "utils": "ember.utils",
          "callbacks": "ember.training.callbacks", "compiler": "ember.compiler", "onnx": "ember.onnx",
-         "quantize": "ember.quantize",
+         "quantize": "ember.quantize", "distributed": "ember.distributed",
          "metrics": "ember.training.metrics", "losses": "ember.training.losses", "cli": "ember.cli"}
 _LAZY_ATTRS = {
     "Model": ("ember.training.model", "Model"),

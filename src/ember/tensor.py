@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import dtypes as _dt
-from .autograd.engine import run_backward
+from .autograd.engine import register_post_accumulate_grad_hook, run_backward
 from .errors import GradError
 
 
@@ -167,6 +167,19 @@ class Tensor:
 
         if self._node is not None:
             self._node.retained = weakref.ref(self)
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """PyTorch's hook: ``hook(self)`` runs each time ``backward()`` has finished accumulating
+        ``self.grad`` (a leaf's), as soon as its last contribution is computed rather than at the
+        end of backward. Returns a handle whose ``.remove()`` unregisters it. Not run inside
+        ``em.jit`` traces, ``create_graph=True`` or ``backward(inputs=...)``."""
+        if self._node is not None or not self.requires_grad:
+            raise GradError("register_post_accumulate_grad_hook: only leaf tensors that require grad "
+                            f"(parameters) accumulate .grad; this one is "
+                            f"{'a non-leaf' if self._node is not None else 'a tensor without requires_grad'}")
+        if not callable(hook):
+            raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got {type(hook).__name__}")
+        return register_post_accumulate_grad_hook(self, hook)
 
     def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.

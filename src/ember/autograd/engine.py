@@ -113,8 +113,86 @@ class Node:
                      for e in self.edges)
 
 
-def _toposort(roots):
-    """Nodes reachable from ``roots``, every node before the nodes it feeds from."""
+# ---- post-accumulate-grad hooks ---------------------------------------------------------------
+# id(leaf) -> (weak reference to the leaf, [hooks]). Empty unless someone registered a hook, and
+# backward checks it once per call, so the engine pays nothing for hooks nobody uses.
+POST_ACCUMULATE_HOOKS: dict = {}
+
+
+class RemovableHandle:
+    """What ``register_post_accumulate_grad_hook`` returns; ``.remove()`` unregisters the hook."""
+
+    __slots__ = ("key", "hook")
+
+    def __init__(self, key, hook):
+        self.key, self.hook = key, hook
+
+    def remove(self):
+        entry = POST_ACCUMULATE_HOOKS.get(self.key)
+        if entry is not None and self.hook in entry[1]:
+            entry[1].remove(self.hook)
+            if not entry[1]:
+                del POST_ACCUMULATE_HOOKS[self.key]
+
+
+def register_post_accumulate_grad_hook(leaf, hook):
+    """Call ``hook(leaf)`` each time backward has finished accumulating ``leaf.grad`` (as soon as
+    the last gradient contribution for that leaf is computed, before the rest of backward)."""
+    key = id(leaf)
+    entry = POST_ACCUMULATE_HOOKS.get(key)
+    if entry is None or entry[0]() is not leaf:
+        entry = (weakref.ref(leaf, lambda _ref, key=key: POST_ACCUMULATE_HOOKS.pop(key, None)), [])
+        POST_ACCUMULATE_HOOKS[key] = entry
+    entry[1].append(hook)
+    return RemovableHandle(key, hook)
+
+
+def _run_post_accumulate_hooks(leaf):
+    entry = POST_ACCUMULATE_HOOKS.get(id(leaf))
+    if entry is not None and entry[0]() is leaf:
+        for hook in tuple(entry[1]):
+            hook(leaf)
+
+
+def _pending_hooked_leaves(order):
+    """Hooked leaf id -> how many edges of the nodes in ``order`` still have to deliver to it."""
+    pending = {}
+    for node in order:
+        for e in node.edges:
+            if e is not None and type(e) is not Node and id(e) in POST_ACCUMULATE_HOOKS:
+                pending[id(e)] = pending.get(id(e), 0) + 1
+    return pending
+
+
+def _finish_ready_leaves(node, pending, leaf_grads, given):
+    """After ``node`` ran: the hooked leaves that got their last contribution get ``.grad`` and
+    their hooks now, so that e.g. gradient communication overlaps the rest of backward."""
+    for e in node.edges:
+        if e is None or type(e) is Node:
+            continue
+        left = pending.get(id(e))
+        if left is None:
+            continue
+        if left > 1:
+            pending[id(e)] = left - 1
+            continue
+        del pending[id(e)]
+        g = leaf_grads.pop(e, None)
+        if g is not None:
+            if type(g) is _Scatter:
+                g = g.materialize()
+            e.grad = _detached(g, e.grad, given)
+            _run_post_accumulate_hooks(e)
+
+
+def _toposort(roots, leaves_early=False):
+    """Nodes reachable from ``roots``, every node before the nodes it feeds from.
+
+    The order is a depth-first one: the input explored last comes right after its consumer.
+    With ``leaves_early`` (when post-accumulate hooks wait for parameter gradients) the inputs
+    that only read leaves (``W.t()`` in a linear layer) are explored last, so each layer's
+    weight gradient is finished right after that layer's backward instead of at the very end.
+    """
     order, seen = [], set()
     stack = [(r, False) for r in roots]
     while stack:
@@ -126,6 +204,16 @@ def _toposort(roots):
             continue
         seen.add(node)
         stack.append((node, True))
+        if leaves_early:
+            deep = []
+            for e in node.edges:
+                if type(e) is Node and e not in seen:
+                    if any(type(x) is Node for x in e.edges):
+                        deep.append((e, False))
+                    else:
+                        stack.append((e, False))
+            stack.extend(deep)
+            continue
         for e in node.edges:
             if type(e) is Node and e not in seen:
                 stack.append((e, False))
@@ -212,11 +300,18 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                 wanted_nodes[t._node] = t
     captured: dict = {}
 
+    pending = given = None
+    if POST_ACCUMULATE_HOOKS and accumulate and inputs is None and not create_graph and TRACING[0] is None:
+        order = _toposort(root_nodes, leaves_early=True)
+        pending = _pending_hooked_leaves(order)
+        given = {id(g.data) for g in root_grads}
+    else:
+        order = _toposort(root_nodes)
     prev = GradMode.enabled
     GradMode.enabled = bool(create_graph)
     try:
         owned = {}  # gradient buffers this backward allocated for one key: safe to update in place
-        for node in _toposort(root_nodes):
+        for node in order:
             g = grads.pop(node, None)
             if g is None:
                 continue
@@ -232,6 +327,8 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                 if gi is None:
                     continue
                 _accumulate(grads if type(edge) is Node else leaf_grads, edge, gi, owned)
+            if pending:
+                _finish_ready_leaves(node, pending, leaf_grads, given)
             if not retain_graph and node.versions:  # it held values: free them
                 node.freed = True
                 node.saved = tuple(s if type(s) is Meta else None for s in node.saved)
@@ -253,7 +350,8 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
         return result
     if accumulate:
         tracer = TRACING[0]
-        given = {id(g.data) for g in root_grads} if tracer is None else None
+        if given is None and tracer is None:
+            given = {id(g.data) for g in root_grads}
         for leaf, g in leaf_grads.items():
             if tracer is not None:  # inside em.jit: .grad updates become graph effects
                 tracer.set_grad(leaf, g if tracer.current_grad(leaf) is None else tracer.read_grad(leaf) + g)
@@ -261,6 +359,9 @@ def run_backward(roots, root_grads, retain_graph=False, create_graph=False, inpu
                 leaf.grad = g if leaf.grad is None else leaf.grad + g
             else:
                 leaf.grad = _detached(g, leaf.grad, given)
+        if POST_ACCUMULATE_HOOKS and tracer is None:
+            for leaf in leaf_grads:
+                _run_post_accumulate_hooks(leaf)
     return None
 
 

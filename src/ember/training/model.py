@@ -76,15 +76,19 @@ class Model(nn.Module):
         return self
 
     def fit(self, x=None, y=None, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
-            shuffle=True, callbacks=None, verbose=1, initial_epoch=0, steps_per_epoch=None, resume_from=None):
+            shuffle=True, callbacks=None, verbose=1, initial_epoch=0, steps_per_epoch=None, resume_from=None,
+            distributed=False):
         """Train; returns a ``History`` whose ``.history`` maps each log name to per-epoch values.
 
         ``x`` may be arrays/tensors (with ``y``), or a DataLoader/iterable of (x, y) batches.
         ``resume_from=dir`` is ``callbacks=[..., em.callbacks.BackupAndRestore(dir)]``: back up
         every epoch to ``dir`` and, if a backup is there, continue from it.
+        ``distributed=True`` (under ``mpirun``) trains data-parallel: each rank takes its shard of
+        array data, gradients and epoch logs are averaged over ranks, and only rank 0 prints and
+        writes checkpoints (see docs/distributed.md).
         """
         return trainer.fit(self, x, y, epochs, batch_size, validation_data, validation_split, shuffle,
-                           callbacks, verbose, initial_epoch, steps_per_epoch, resume_from)
+                           callbacks, verbose, initial_epoch, steps_per_epoch, resume_from, distributed)
 
     def evaluate(self, x=None, y=None, batch_size=32, verbose=0, return_dict=True):
         """Loss and metrics over the data, e.g. ``{"loss": 0.12, "accuracy": 0.97}``."""

@@ -233,7 +233,7 @@ def _backup_of(callbacks, resume_from):
 
 
 def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuffle, callbacks, verbose,
-        initial_epoch, steps_per_epoch, resume_from=None):
+        initial_epoch, steps_per_epoch, resume_from=None, distributed=False):
     _require_compiled(model, "fit")
     callbacks = list(callbacks or [])
     backup = _backup_of(callbacks, resume_from)
@@ -263,6 +263,16 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
         model.build((None,) + train.x.shape[1:], train.x.dtype.name)
     if model.optimizer is None and not model._unbuilt_layers():
         _optimizer(model)
+    dist = None
+    if distributed:  # data-parallel over MPI ranks: ember/distributed/fit.py
+        if backup is not None:
+            # every rank would write (and race on) one backup file holding only its own RNG state
+            raise ValueError("fit: BackupAndRestore / resume_from cannot be combined with distributed=True yet; "
+                             "save checkpoints with ModelCheckpoint (rank 0 writes them) instead")
+        from ..distributed.fit import DistributedFit
+
+        dist = DistributedFit(model)
+        train, callbacks, verbose = dist.setup(train, callbacks, verbose)
     try:
         steps = len(train)
     except TypeError:
@@ -346,6 +356,8 @@ def fit(model, x, y, epochs, batch_size, validation_data, validation_split, shuf
         if val is not None:
             val_logs = _evaluate_batches(model, val)
             epoch_logs.update(("val_" + k, v) for k, v in val_logs.items())
+        if dist is not None:
+            epoch_logs = dist.average_logs(epoch_logs, count)
         cb.on_epoch_end(epoch, epoch_logs)
         if run is not None:
             run.epoch, run.step = epoch + 1, 0
