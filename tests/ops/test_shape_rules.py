@@ -99,6 +99,13 @@ def _battery():
              F.embedding(em.tensor([[0, 2]]), f32), F.binary_cross_entropy_with_logits(f32, f32.detach()),
              F.scaled_dot_product_attention(f32[None], f32[None], f32[None], is_causal=True)]
 
+    # int8 inference kernels (no gradient), through the quantized layers that call them
+    from ember.quantize import QuantizedConv2d, QuantizedLinear
+
+    outs += [QuantizedLinear.from_float(em.nn.Linear(4, 3))(f32.detach()),
+             QuantizedLinear.from_float(em.nn.Linear(4, 2, bias=False))(f32.detach()[0]),
+             QuantizedConv2d.from_float(em.nn.Conv2d(2, 3, 3, padding=1, stride=2))(em.randn(2, 2, 5, 5))]
+
     # backward passes run the gradient rules, which are ops too (index_put, fold, ...)
     for o in outs:
         o = o[0] if isinstance(o, tuple) else o

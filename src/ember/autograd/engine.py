@@ -141,7 +141,13 @@ def register_post_accumulate_grad_hook(leaf, hook):
     key = id(leaf)
     entry = POST_ACCUMULATE_HOOKS.get(key)
     if entry is None or entry[0]() is not leaf:
-        entry = (weakref.ref(leaf, lambda _ref, key=key: POST_ACCUMULATE_HOOKS.pop(key, None)), [])
+        # forget the entry when the leaf dies, unless a new leaf took over its id (the dict is
+        # bound as a default: at interpreter exit the module global may already be None)
+        def forget(ref, key=key, hooks=POST_ACCUMULATE_HOOKS):
+            if hooks.get(key, (None,))[0] is ref:
+                del hooks[key]
+
+        entry = (weakref.ref(leaf, forget), [])
         POST_ACCUMULATE_HOOKS[key] = entry
     entry[1].append(hook)
     return RemovableHandle(key, hook)
