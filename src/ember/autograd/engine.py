@@ -474,9 +474,12 @@ def _detached(g, existing, given=None):
     if given is None:
         given = set()
     owner = data
-    while owner.base is not None:  # views (e.g. a transposed weight gradient) need no copy
-        owner = owner.base          # unless another gradient already uses the same buffer
-    if not data.flags.writeable or id(owner) in given:
+    while owner.base is not None:  # a view needs no copy unless another gradient uses its buffer
+        owner = owner.base
+    # PyTorch's gradient layout contract: .grad is laid out like the (C-contiguous) parameter. A
+    # transposed weight gradient (x.T @ g).T costs one copy here, where left strided it made
+    # every optimizer pass over it several times slower
+    if not data.flags.writeable or id(owner) in given or not data.flags.c_contiguous:
         data = data.copy()
         owner = data
     given.add(id(owner))

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from ..compiler.trace import ACTIVE as TRACING
 from ..ops.elementwise import maximum
+from .fused import adam_step
 from .optimizer import Optimizer, _check, zeros_state
 
 
@@ -15,7 +17,7 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, maximize=False):
+                 amsgrad=False, maximize=False, fused=None):
         name = type(self).__name__
         _check(name, lr >= 0, "lr should be >= 0", lr)
         _check(name, 0 <= betas[0] < 1, "beta1 should be in [0, 1)", betas[0])
@@ -25,6 +27,11 @@ class Adam(Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize))
+        # PyTorch's flag: None fuses eager updates of large float parameters (same results,
+        # one pass over memory, optim/fused.py); False never; True always (or raises)
+        _check(name, fused in (None, True, False), "fused should be None, True or False", fused)
+        _check(name, not (fused and amsgrad), "fused=True does not support amsgrad", fused)
+        self.fused = fused
 
     def init_state(self, p):
         state = {"step": 0, "exp_avg": zeros_state(p), "exp_avg_sq": zeros_state(p)}
@@ -36,6 +43,10 @@ class Adam(Optimizer):
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         state["step"] += 1
         t = state["step"]
+        if TRACING[0] is None and not group["amsgrad"] and adam_step(
+                type(self).__name__, p, g, state["exp_avg"], state["exp_avg_sq"], step=t, lr=lr, betas=(b1, b2),
+                eps=eps, weight_decay=wd, decoupled=self.decoupled, fused=getattr(self, "fused", None)):
+            return
         if wd:
             if self.decoupled:
                 p.mul_(1 - lr * wd)
@@ -58,5 +69,5 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, maximize=False):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize)
+                 amsgrad=False, maximize=False, fused=None):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize, fused)
