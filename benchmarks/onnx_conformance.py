@@ -135,8 +135,10 @@ _NOTES = """
   differ from both). Without a `seed`, every run draws a fresh mask from ember's default generator.
   A ratio outside [0, 1) raises `UnsupportedOp`.
 - **Data types NumPy has no native form of** (bfloat16, float8, float4, int4, int2, strings): inputs
-  of these types are refused when converted, and QuantizeLinear/DequantizeLinear to or from them raise
+  or initializers of these types are refused when converted, and Cast or QuantizeLinear to them raises
   `UnsupportedOp` naming the type. These tests are counted apart, above.
+- **DynamicQuantizeLinear of an all-zero input** (a range of 0, no node test): the scale is 1, as
+  onnxruntime gives; `onnx.reference` gives 1/255. The quantized values (all zero-point) agree.
 - **Sequences, optionals and maps** as graph inputs or outputs (ember values are tensors): refused at
   load with an `UnsupportedOp` naming the input, which is why Identity's `test_identity_sequence` and
   `test_identity_opt` fail.
