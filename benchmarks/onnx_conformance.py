@@ -32,9 +32,11 @@ def _op_types(item):
 
 
 def run(filter_pattern=None, verbose=False):
+    import numpy
     import onnx.backend.test
 
     import ember
+    from benchmarks import machine
     from ember.onnx import OPS
     from ember.onnx.backend import EmberBackend
 
@@ -66,7 +68,9 @@ def run(filter_pattern=None, verbose=False):
             if verbose:
                 print(f"{status:4s} {category:16s} {name} {message[:120]}")
     return {"ember_version": ember.__version__, "onnx_version": onnx.__version__,
-            "date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+            "date": datetime.date.today().isoformat(),
+            "machine": f"{machine.cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, "
+                       f"Python {platform.python_version()}, NumPy {numpy.__version__}",
             "supported_ops": sorted(OPS), "results": results}
 
 
@@ -98,7 +102,8 @@ def summarize(report):
         for op in r["ops"]:
             by_op[op][r["status"]] += 1
     lines = [f"ONNX backend test-suite on ember {report['ember_version']} (onnx {report['onnx_version']}, "
-             f"{report['date']})", "", "| suite | passed | failed | skipped | pass rate |", "|---|---|---|---|---|"]
+             f"{report['date']}; {report['machine']})", "",
+             "| suite | passed | failed | skipped | pass rate |", "|---|---|---|---|---|"]
     for suite, c in sorted(by_suite.items()):
         total = c["pass"] + c["fail"]
         lines.append(f"| {suite} | {c['pass']} | {c['fail']} | {c['skip']} | "
@@ -117,6 +122,29 @@ def summarize(report):
     lines += ["", f"Operators that node tests use and ember does not implement ({len(needs_unsupported)}; number of "
               "tests): " + ", ".join(f"{op} ({k})" for op, k in sorted(needs_unsupported.items()))]
     return "\n".join(lines)
+
+
+_NOTES = """
+## What ember refuses, and what it cannot match
+
+- **Dropout in training mode** (`training_mode` true). The specification leaves the random generator
+  open; the expected masks of the `test_training_dropout*` tests come from the generator of ONNX's
+  reference implementation, NumPy's MT19937: `RandomState(seed).uniform(0, 1, shape) >= ratio`. ember
+  draws a seeded node's mask the same way, so a node with a `seed` attribute gives the same mask on
+  every run and the same one as `onnx.reference` (onnxruntime has a generator of its own, so its masks
+  differ from both). Without a `seed`, every run draws a fresh mask from ember's default generator.
+  A ratio outside [0, 1) raises `UnsupportedOp`.
+- **Data types NumPy has no native form of** (bfloat16, float8, float4, int4, int2, strings): inputs
+  or initializers of these types are refused when converted, and Cast or QuantizeLinear to them raises
+  `UnsupportedOp` naming the type. These tests are counted apart, above.
+- **DynamicQuantizeLinear of an all-zero input** (a range of 0, no node test): the scale is 1, as
+  onnxruntime gives; `onnx.reference` gives 1/255. The quantized values (all zero-point) agree.
+- **Sequences, optionals and maps** as graph inputs or outputs (ember values are tensors): refused at
+  load with an `UnsupportedOp` naming the input, which is why Identity's `test_identity_sequence` and
+  `test_identity_opt` fail.
+- **Operators ember does not implement** (the last list above): refused at load with an
+  `UnsupportedOp` naming the operator, never run with a wrong result.
+"""
 
 
 def main(argv=None):
@@ -138,7 +166,7 @@ def main(argv=None):
         with open(args.markdown, "w") as f:
             f.write("# ONNX conformance\n\nMeasured with `python -m benchmarks.onnx_conformance` (the ONNX "
                     "project's backend test-suite from the installed `onnx` package, run on "
-                    "`ember.onnx.backend`).\n\n" + text + "\n")
+                    "`ember.onnx.backend`).\n\n" + text + "\n" + _NOTES)
     return 0
 
 

@@ -1,8 +1,8 @@
 """The ONNX project's own backend tests (shipped in the ``onnx`` package) run on ember.onnx.backend.
 
-A fast, representative slice runs here: every node test of the operators real networks are built
-from, and the pytorch-converted and pytorch-operator model suites. The whole suite, with the nine
-real architectures and per-operator rates, is ``python -m benchmarks.onnx_conformance``."""
+A fast, representative slice runs here: every node test of the operators real networks (float and
+quantized) are built from, and the pytorch-converted and pytorch-operator model suites. The whole
+suite, with the nine real architectures and per-operator rates, is ``python -m benchmarks.onnx_conformance``."""
 
 import onnx.backend.test
 
@@ -14,7 +14,9 @@ _OPS = ["abs", "add", "sub", "mul", "div", "pow", "relu", "leakyrelu", "elu", "s
         "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "argmax", "concat", "split", "slice",
         "reshape", "transpose", "squeeze", "unsqueeze", "flatten", "gather", "gather_elements", "scatter_elements",
         "where", "expand", "tile", "pad", "cast", "clip", "einsum", "lstm", "gru", "rnn", "attention", "resize",
-        "dropout", "cumsum", "topk", "range", "constantofshape", "shape", "size", "erf", "sqrt", "exp", "log"]
+        "dropout", "training_dropout", "cumsum", "topk", "range", "constantofshape", "shape", "size", "erf", "sqrt",
+        "exp", "log", "round", "identity", "quantizelinear", "dequantizelinear", "dynamicquantizelinear",
+        "matmulinteger", "convinteger", "qlinearmatmul"]
 
 backend_test = onnx.backend.test.BackendTest(EmberBackend, __name__)
 backend_test.include(rf"^test_({'|'.join(_OPS)})(_.*)?_cpu$")
@@ -23,13 +25,11 @@ backend_test.include(r"^test_(AvgPool|BatchNorm|Conv|ConvTranspose|ELU|Embedding
                      r"LogSoftmax|MaxPool|PixelShuffle|PoolFeatureMap|PReLU|ReLU|ReflectionPad|ReplicationPad|"
                      r"SELU|Sigmoid|Softmax|Softmin|Softplus|Softsign|Tanh|ZeroPad|log_softmax|softmax)"
                      r".*_cpu$")  # pytorch-converted suite
-# bfloat16/float8/int4 have no NumPy form, so ember (like any NumPy backend) cannot hold them;
-# random-mask training dropout cannot reproduce the reference's draws.
-backend_test.exclude(r"bf16|bfloat16|BFLOAT16|float8|FLOAT8|e4m3|e5m2|INT4|INT2|FLOAT4|_e8m0")
-# Unsupported, each raising UnsupportedOp that names it: sequences (and the Loop that the *_expanded
-# Range tests use) and 3-D transposed convolution.
-backend_test.exclude(r"^test_split_to_sequence|^test_range_.*_expanded|^test_convtranspose_3d")
-backend_test.exclude(r"^test_dropout_random|^test_training_dropout(?!_zero_ratio)")
+# bfloat16/float8/float4/int4/int2 have no NumPy form, so ember (like any NumPy backend) cannot hold them.
+backend_test.exclude(r"bf16|bfloat16|BFLOAT16|float8|FLOAT8|e4m3|e5m2|INT4|INT2|FLOAT4|_e8m0|_u?int[24]_|float4")
+# Unsupported, each raising UnsupportedOp that names it: sequences and optionals (and the Loop that the
+# *_expanded Range tests use).
+backend_test.exclude(r"^test_split_to_sequence|^test_range_.*_expanded|^test_identity_(sequence|opt)_")
 
 # BackendTest marks every test outside the selection as skipped; collect only the selection.
 for _name, _case in backend_test.test_cases.items():

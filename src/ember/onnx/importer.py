@@ -107,6 +107,12 @@ class OnnxModel(Model):
             if node.op_type not in OPS:
                 raise UnsupportedOp(f"ONNX operator {node.op_type} (node '{node.name}') is not supported by ember; "
                                     f"supported operators: {', '.join(sorted(OPS))}")
+        for role, values in (("input", graph.input), ("output", graph.output)):
+            for value in values:
+                kind = value.type.WhichOneof("value")
+                if kind not in (None, "tensor_type"):  # ember values are tensors: no sequences, optionals, maps
+                    raise UnsupportedOp(f"ONNX graph {role} '{value.name}' has type "
+                                        f"{kind.replace('_type', '')}, which ember does not support (only tensors)")
 
     def forward(self, *inputs):
         env = run_graph(self.proto.graph, self, self.opset, dict(zip(self.input_names, inputs)))

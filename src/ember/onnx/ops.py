@@ -8,6 +8,7 @@ import numpy as np
 
 import ember as em
 
+from ..dtypes import get_dtype
 from ..nn import functional as F
 from ..tensor import Tensor
 from .importer import op
@@ -189,8 +190,10 @@ def _cast(ctx, x):
     from onnx import helper
 
     to = helper.tensor_dtype_to_np_dtype(ctx.attr("to"))
-    if to.kind in "USO":
-        raise ctx.unsupported(f"cast to {to}")
+    try:
+        get_dtype(to)
+    except TypeError:  # strings, bfloat16, float8, int4...: no ember dtype holds them
+        raise ctx.unsupported(f"cast to {to}") from None
     return x.astype(to)
 
 
@@ -630,10 +633,31 @@ def _conv(ctx, x, w, b=None):
     return out.squeeze(2) if nd == 1 else out
 
 
+def _conv_transpose3d(x, w, b, strides, dilations, out_pad, pads, group):
+    """3-D transposed convolution as 2-D ones: input depth plane i, through kernel depth plane k, adds
+    to output plane i * stride + k * dilation; the full result is then cropped by ``pads`` (ONNX
+    order, begins then ends; a negative pad extends with zeros)."""
+    depth = (x.shape[2] - 1) * strides[0] + (w.shape[2] - 1) * dilations[0] + 1 + out_pad[0]
+    planes = [None] * depth
+    for i in range(x.shape[2]):
+        for k in range(w.shape[2]):
+            y = F.conv_transpose2d(x[:, :, i], w[:, :, k], None, tuple(strides[1:]), 0, tuple(out_pad[1:]), group,
+                                   tuple(dilations[1:]))
+            j = i * strides[0] + k * dilations[0]
+            planes[j] = y if planes[j] is None else planes[j] + y
+    zeros = planes[0] * 0  # planes no input reaches (stride gaps, output padding)
+    out = em.stack([zeros if p is None else p for p in planes], 2)
+    out = _explicit_pad(out, [-min(v, 0) for v in pads])
+    c = [max(v, 0) for v in pads]
+    d, h, wd = out.shape[2:]
+    out = out[:, :, c[0]:d - c[3], c[1]:h - c[4], c[2]:wd - c[5]]
+    return out if b is None else out + b.reshape(1, -1, 1, 1, 1)
+
+
 @op("ConvTranspose")
 def _conv_transpose(ctx, x, w, b=None):
     nd = w.ndim - 2
-    if nd not in (1, 2):
+    if nd not in (1, 2, 3):
         raise ctx.unsupported(f"{nd}-D transposed convolution")
     if nd == 1:
         x, w = _as_2d(x, w)
@@ -663,6 +687,8 @@ def _conv_transpose(ctx, x, w, b=None):
         if nd == 1:
             pads = [0, pads[0], 0, pads[1]]
     group = ctx.attr("group", 1)
+    if nd == 3:
+        return _conv_transpose3d(x, w, b, strides, dilations, out_pad, pads, group)
     sym = [max(min(a, c), 0) for a, c in zip(pads[:2], pads[2:])]
     out = F.conv_transpose2d(x, w, b, tuple(strides), tuple(sym), tuple(out_pad), group, tuple(dilations))
     extra_begin = [a - s for a, s in zip(pads[:2], sym)]
@@ -850,18 +876,29 @@ def _lrn(ctx, x):
 
 @op("Dropout")
 def _dropout(ctx, x, ratio=None, training_mode=None):
-    if training_mode is not None and bool(_np(training_mode).reshape(-1)[0]):
-        p = 0.5 if ratio is None else float(_np(ratio).reshape(-1)[0])
-        if p == 0.0:
-            return (x * 1, Tensor._make(np.ones(x.shape, dtype=bool))) if ctx.n_outputs > 1 else x * 1
-        seed = ctx.attr("seed")
-        gen = em.Generator(int(seed)) if seed is not None else None
-        mask = em.random.dropout_mask(x.shape, p, x.data.dtype, gen)
-        out = x * mask
-        return (out, mask != 0) if ctx.n_outputs > 1 else out
-    if ctx.n_outputs > 1:
-        return x * 1, Tensor._make(np.ones(x.shape, dtype=bool))
-    return x * 1
+    """Identity at inference; with training_mode true (opset 12+), y = x * mask / (1 - ratio) with
+    mask ~ Bernoulli(1 - ratio), and the optional second output is the boolean mask.
+
+    The specification leaves the random generator open. Given a ``seed``, ember draws the mask as
+    ONNX's reference implementation does, ``RandomState(seed).uniform(0, 1, shape) >= ratio`` (NumPy's
+    MT19937), so a seeded node gives the same mask on every run, the same as ``onnx.reference``'s;
+    without a seed every run draws a fresh mask from ember's default generator."""
+    training = ctx.opset >= 12 and training_mode is not None and bool(_np(training_mode).reshape(-1)[0])
+    if not training:
+        y = x * 1
+        return (y, Tensor._make(np.ones(x.shape, dtype=bool))) if ctx.n_outputs > 1 else y
+    p = 0.5 if ratio is None else float(_np(ratio).reshape(-1)[0])
+    if not 0.0 <= p < 1.0:
+        raise ctx.unsupported(f"ratio={p} (the drop probability must be in [0, 1))")
+    seed = ctx.attr("seed")
+    if seed is None:
+        mask = em.random.dropout_mask(x.shape, p, x.data.dtype)  # 0 or 1 / (1 - p)
+        keep = mask != 0
+    else:
+        keep = Tensor._make(np.random.RandomState(int(seed)).uniform(0.0, 1.0, x.shape) >= p)
+        mask = keep.astype(x.dtype) * (1.0 / (1.0 - p))
+    y = x * mask
+    return (y, keep) if ctx.n_outputs > 1 else y
 
 
 # ---- recurrent layers (ONNX gate order: LSTM i, o, f, c; GRU z, r, h) ---------------------------------------
@@ -1179,44 +1216,88 @@ def _scatter_nd(ctx, x, indices, updates):
 
 # ---- quantization ----------------------------------------------------------------------------------
 
-def _per_axis(ctx, t, x):
-    """A scale or zero point broadcast along ``axis`` (per-channel) or as a scalar."""
+def _per_axis(ctx, t, x, what="scale"):
+    """A scale or zero point as an array that broadcasts against ``x``: a scalar (per-tensor), a
+    1-D array along ``axis`` (per-axis) or, with ``block_size`` B, an array shaped like ``x`` except
+    ceil(D/B) along ``axis``, each value covering B consecutive elements (blocked)."""
     a = _np(t)
     if a.ndim == 0 or a.size == 1:
         return a.reshape(())
-    axis = ctx.attr("axis", 1) % x.ndim
+    axis = ctx.attr("axis", 1)
+    if not -x.ndim <= axis < x.ndim:
+        raise ctx.unsupported(f"axis={axis} for an input of shape {tuple(x.shape)}")
+    axis %= x.ndim
     block = ctx.attr("block_size", 0)
     if block:
-        a = np.repeat(a, block, axis=axis)[tuple(slice(0, n) for n in x.shape)]
-        return a
+        blocks = list(x.shape)
+        blocks[axis] = -(-x.shape[axis] // block)
+        if list(a.shape) != blocks:
+            raise ctx.unsupported(f"a {what} of shape {a.shape} with block_size={block} on axis {axis} for an input "
+                                  f"of shape {tuple(x.shape)} (blocked quantization needs shape {tuple(blocks)})")
+        return np.repeat(a, block, axis=axis).take(np.arange(x.shape[axis]), axis)  # the last block may be short
+    if a.ndim != 1 or a.shape[0] != x.shape[axis]:
+        raise ctx.unsupported(f"a {what} of shape {a.shape} for per-axis quantization along axis {axis} of an input "
+                              f"of shape {tuple(x.shape)} (it must be 1-D with {x.shape[axis]} values)")
     return a.reshape([-1 if i == axis else 1 for i in range(x.ndim)])
+
+
+def _tensor_dtype(code):
+    """The NumPy dtype of an ONNX TensorProto data-type code (None for 0, "not given")."""
+    from onnx import helper
+
+    return np.dtype(helper.tensor_dtype_to_np_dtype(code)) if code else None
+
+
+_QUANTIZED_INTEGERS = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16))
 
 
 @op("QuantizeLinear")
 def _quantize(ctx, x, scale, zero_point=None):
-    s = _per_axis(ctx, scale, x)
-    zp_dtype = np.uint8 if zero_point is None else zero_point.data.dtype
-    zp = 0 if zero_point is None else _per_axis(ctx, zero_point, x).astype(np.int64)
-    info = np.iinfo(zp_dtype)
-    q = np.rint(x.data.astype(np.float64) / s) + zp
-    return Tensor._make(np.clip(q, info.min, info.max).astype(zp_dtype))
+    """y = saturate(round_half_to_even(x / y_scale) + y_zero_point). The division runs in the
+    ``precision`` attribute's type, by default y_scale's, as the specification says: in float64 a
+    quotient such as 0.5 / float32(5/255) = 25.4999991 rounds to 25 where float32's 25.5 gives 26."""
+    out_dtype = _tensor_dtype(ctx.attr("output_dtype", 0))
+    if zero_point is not None:
+        if out_dtype is not None and out_dtype != zero_point.data.dtype:
+            raise ctx.unsupported(f"output_dtype={out_dtype} with a zero point of type {zero_point.data.dtype} "
+                                  "(the specification requires them to match)")
+        out_dtype = zero_point.data.dtype
+    out_dtype = np.dtype(np.uint8) if out_dtype is None else out_dtype
+    if out_dtype not in _QUANTIZED_INTEGERS:
+        raise ctx.unsupported(f"quantizing to {out_dtype} (ember quantizes to uint8, int8, uint16 and int16)")
+    precision = _tensor_dtype(ctx.attr("precision", 0))
+    precision = _np(scale).dtype if precision is None else precision
+    s = _per_axis(ctx, scale, x).astype(precision)
+    q = np.rint(x.data.astype(precision) / s).astype(np.float64)
+    if zero_point is not None:
+        q += _per_axis(ctx, zero_point, x, "zero point")
+    info = np.iinfo(out_dtype)
+    return Tensor._make(np.clip(q, info.min, info.max).astype(out_dtype))
 
 
 @op("DequantizeLinear")
 def _dequantize(ctx, x, scale, zero_point=None):
+    """y = (x - x_zero_point) * x_scale, in ``output_dtype`` (by default x_scale's type)."""
+    if x.data.dtype not in _QUANTIZED_INTEGERS + (np.dtype(np.int32),):
+        raise ctx.unsupported(f"dequantizing {x.data.dtype} (ember dequantizes uint8, int8, uint16, int16 and int32)")
     s = _per_axis(ctx, scale, x)
-    zp = 0 if zero_point is None else _per_axis(ctx, zero_point, x).astype(np.int64)
-    return Tensor._make(((x.data.astype(np.int64) - zp) * s).astype(np.asarray(_np(scale)).dtype))
+    zp = 0 if zero_point is None else _per_axis(ctx, zero_point, x, "zero point").astype(np.int64)
+    out_dtype = _tensor_dtype(ctx.attr("output_dtype", 0))
+    out_dtype = np.asarray(_np(scale)).dtype if out_dtype is None else out_dtype
+    return Tensor._make(((x.data.astype(np.int64) - zp) * s).astype(out_dtype))
 
 
 @op("DynamicQuantizeLinear")
 def _dynamic_quantize(ctx, x):
-    a = x.data
-    lo, hi = min(float(a.min()), 0.0), max(float(a.max()), 0.0)
-    scale = np.float32((hi - lo) / 255.0) if hi > lo else np.float32(1.0)
-    zp = np.uint8(np.clip(np.rint(-lo / scale), 0, 255))
+    """uint8 quantization with a scale and zero point from x's range (widened to hold 0), computed in
+    float32 step by step as the specification's function body does. For an all-zero x (a range of
+    0) the scale is 1, as onnxruntime does, rather than a division by zero."""
+    a = x.data.astype(np.float32)
+    hi, lo = np.float32(a.max(initial=0.0)), np.float32(a.min(initial=0.0))  # the range always holds 0
+    scale = (hi - lo) / np.float32(255) if hi > lo else np.float32(1.0)
+    zp = np.rint(np.clip(np.float32(0) - lo / scale, 0, 255))
     q = np.clip(np.rint(a / scale) + zp, 0, 255).astype(np.uint8)
-    return Tensor._make(q), Tensor._make(np.asarray(scale)), Tensor._make(np.asarray(zp))
+    return Tensor._make(q), Tensor._make(np.asarray(scale, np.float32)), Tensor._make(np.asarray(zp, np.uint8))
 
 
 @op("MatMulInteger")
