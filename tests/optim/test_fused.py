@@ -84,3 +84,17 @@ def test_weight_gradients_are_c_contiguous():
     layer(em.randn(8, 30)).sum().backward()
     assert layer.weight.grad.data.flags.c_contiguous
     assert layer.weight.grad.shape == layer.weight.shape
+
+
+def test_weight_gradient_of_linear_on_3d_input_is_c_contiguous_and_matches_torch():
+    import torch
+
+    layer = em.nn.Linear(6, 5)
+    x = np.random.default_rng(1).standard_normal((3, 4, 6)).astype(np.float32)
+    layer(em.tensor(x)).sum().backward()
+    t = torch.nn.Linear(6, 5)
+    with torch.no_grad():
+        t.weight.copy_(torch.tensor(layer.weight.data))
+    t(torch.tensor(x)).sum().backward()
+    assert layer.weight.grad.data.flags.c_contiguous
+    np.testing.assert_allclose(layer.weight.grad.numpy(), t.weight.grad.numpy(), rtol=1e-5, atol=1e-6)

@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import OpError, ShapeError
 from ..tensor import Tensor
 from .helpers import NO_ATTRS, as_tensor, broadcast_shapes, pair
-from .registry import apply, primitive
+from .registry import Meta, apply, is_transposed, primitive
 
 
 def _matmul_infer(a, b):
@@ -51,11 +51,15 @@ def _grad_b(g, out, a, b):
         return a.unsqueeze(-1) * g.unsqueeze(-2)
     if b.ndim == 1:  # (..., n, k) @ (k,)
         return (a.mT @ g.unsqueeze(-1)).squeeze(-1)
+    # b a transposed matrix (Linear's weight.T): compute its gradient transposed too, so that
+    # the weight's own gradient comes out C-ordered from BLAS instead of needing a strided copy
+    # (PyTorch's mm_mat2_backward does the same)
+    transposed = b.transposed if type(b) is Meta else is_transposed(b.data)
     if b.ndim == 2 and a.ndim > 2:  # weights shared across the batch (Linear on 3-D input)
         k, m = b.shape
         rows = a.numel() // k if k else int(np.prod(a.shape[:-1]))  # (no -1: sizes may be 0)
-        return a.reshape(rows, k).mT @ g.reshape(rows, m)
-    return a.mT @ g
+        a, g = a.reshape(rows, k), g.reshape(rows, m)
+    return (g.mT @ a).mT if transposed and a.ndim == 2 else a.mT @ g
 
 
 def _matmul_np(a, b):

@@ -28,13 +28,16 @@ PRIMITIVES: dict[str, Primitive] = {}
 
 
 class Meta:
-    """Shape and dtype of an input whose values the gradient does not need."""
+    """Shape and dtype of an input whose values the gradient does not need; ``transposed``: it
+    was a transposed matrix (F-ordered, like Linear's ``weight.T``), so a gradient rule can
+    produce its gradient in that layout (see ``linalg._grad_b``)."""
 
-    __slots__ = ("shape", "np_dtype")
+    __slots__ = ("shape", "np_dtype", "transposed")
 
-    def __init__(self, shape, np_dtype):
+    def __init__(self, shape, np_dtype, transposed=False):
         self.shape = shape
         self.np_dtype = np_dtype
+        self.transposed = transposed
 
     @property
     def ndim(self):
@@ -84,6 +87,11 @@ def primitive(name, forward, grads=None, **kw) -> Primitive:
     op = Primitive(name, forward, grads, **kw)
     PRIMITIVES[name] = op
     return op
+
+
+def is_transposed(a) -> bool:
+    """Whether ``a`` is a concrete F-ordered (transposed) matrix."""
+    return type(a) is np.ndarray and a.ndim == 2 and not a.flags.c_contiguous and a.flags.f_contiguous
 
 
 def _saved_indices(op, inputs):
@@ -145,7 +153,7 @@ def _record(op, inputs, attrs, result):
             saved.append(t)
             versions.append((t._version, t._version[0]))
         else:
-            saved.append(Meta(t.data.shape, t.data.dtype))
+            saved.append(Meta(t.data.shape, t.data.dtype, is_transposed(t.data)))
     node = Node(op, attrs, tuple((t._node or t) if t.requires_grad else None for t in inputs),
                 tuple(saved), versions)
     if op.uses_out:
