@@ -148,14 +148,16 @@ def _record(op, inputs, attrs, result):
     keep = _saved_indices(op, inputs)
     saved = []
     versions = []
+    edges = []
     for i, t in enumerate(inputs):
         if i in keep:
             saved.append(t)
             versions.append((t._version, t._version[0]))
         else:
-            saved.append(Meta(t.data.shape, t.data.dtype, is_transposed(t.data)))
-    node = Node(op, attrs, tuple((t._node or t) if t.requires_grad else None for t in inputs),
-                tuple(saved), versions)
+            d = t.data
+            saved.append(Meta(d.shape, d.dtype, is_transposed(d)))
+        edges.append((t._node or t) if t.requires_grad else None)
+    node = Node(op, attrs, tuple(edges), tuple(saved), versions)
     if op.uses_out:
         node.out_data = result.data
         versions.append((result._version, 0))
