@@ -242,8 +242,8 @@ def ones_like_data(t):
 def _as_array(data, dtype):
     if isinstance(data, Tensor):
         return data.data.copy() if dtype is None else data.data.astype(dtype.np)
-    if isinstance(data, np.ndarray):
-        arr = data
+    if isinstance(data, (np.ndarray, np.generic)):  # NumPy scalars keep their dtype, as in torch.tensor
+        arr = np.asarray(data)
         if dtype is not None:
             return arr.astype(dtype.np)
         if arr.dtype.kind == "f" or arr.dtype == np.bool_ or arr.dtype.kind in "iu":

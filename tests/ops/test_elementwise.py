@@ -168,3 +168,33 @@ def test_bool_inputs_keep_torch_dtypes():
     b = np.array([[True, False, True], [False, True, True]])
     for fn in [lambda x: x.clamp(0.5, 3.5), lambda x: x.sign(), lambda x: x.tril(), lambda x: x.triu(1)]:
         check(fn, fn, [b])
+
+
+@pytest.mark.parametrize("shapes,dtype", [
+    (((64, 70), (64, 70), (64, 70)), np.float32), (((64, 70), (64, 70), ()), np.float32),
+    (((64, 70), (), (64, 70)), np.float64), (((100, 1), (1, 200), (100, 200)), np.float32),
+    (((100, 200), (200,), ()), np.int64), (((5000,), (5000,), ()), np.int32)])
+def test_where_on_large_arrays_is_exactly_numpys(shapes, dtype):
+    """Large where() selects bit patterns branch-free: the values must be np.where's, bit for
+    bit (NaN, inf, -0.0), with broadcasting, and the gradient must follow torch's."""
+    rng = np.random.default_rng(0)
+    c = rng.random(shapes[0]) > 0.5
+    a = (rng.standard_normal(shapes[1]) * 10).astype(dtype)
+    b = (rng.standard_normal(shapes[2]) * 10).astype(dtype)
+    if a.dtype.kind == "f" and a.size > 5:
+        a.reshape(-1)[:5] = [np.nan, np.inf, -np.inf, -0.0, 0.0]
+    got = em.where(em.tensor(c), em.tensor(a), em.tensor(b)).numpy()
+    want = np.where(c, a, b)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    np.testing.assert_array_equal(em.where(em.tensor(c), em.tensor(a), -0.0).numpy().view(np.uint8)
+                                  if a.dtype.kind == "f" else got.view(np.uint8),
+                                  np.where(c, a, np.array(-0.0, a.dtype)).view(np.uint8)
+                                  if a.dtype.kind == "f" else want.view(np.uint8))
+    if a.dtype.kind == "f":
+        ta, tb = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+        ea, eb = em.tensor(a, requires_grad=True), em.tensor(b, requires_grad=True)
+        torch.where(torch.tensor(c), ta, tb).sum().backward()
+        em.where(em.tensor(c), ea, eb).sum().backward()
+        np.testing.assert_array_equal(ea.grad.numpy(), ta.grad.numpy())
+        np.testing.assert_array_equal(eb.grad.numpy(), tb.grad.numpy())
