@@ -303,3 +303,40 @@ def test_import_ember_and_defining_a_jit_do_not_import_numba():
     """)
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_in_place_state_update_reads_state_through_its_output_argument():
+    """Adam's update writes m, v and the parameter in place: the kernel reads each through the
+    array it writes (no second, aliasing argument, which kept LLVM from vectorizing), loops
+    over one flat index, reads scalars once, and matches eager exactly."""
+    def run(jit):
+        em.manual_seed(0)
+        p = em.randn(64, 300, requires_grad=True)
+        opt = em.optim.Adam([p], lr=1e-2, fused=False)
+
+        def step(x):
+            opt.zero_grad()
+            loss = ((p * x).tanh() ** 2).sum()
+            loss.backward()
+            opt.step()
+            return loss
+
+        f = em.jit(step) if jit else step
+        for i in range(4):
+            f(em.randn(64, 300) * (i + 1))
+        return p.detach().numpy(), f
+
+    eager, _ = run(False)
+    jitted, f = run(True)
+    np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-6)  # steps of lr=1e-2
+    graph = compiled_graph(f)
+    adam = max(fused_nodes(graph), key=lambda n: len(n.kernel.source))
+    source = adam.kernel.source
+    header = next(line for line in source.splitlines() if line.startswith("def kernel_serial"))
+    reads_of_outputs = [line for line in source.split("def kernel_serial")[1].splitlines()
+                        if "= out_" in line and "[" in line.split("=")[1]]
+    assert len(reads_of_outputs) == 3, (header, reads_of_outputs)  # m, v and p: read where they are written
+    assert "for a1 in" not in source                      # one flat loop over 64*300 elements
+    body = source.split("def kernel_serial")[1]
+    first_loop = body.index("for a0")
+    assert "_arr[0]" not in body[first_loop:], "a scalar is read inside the loop"

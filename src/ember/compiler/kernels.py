@@ -40,7 +40,7 @@ def _literal_expr(a):
     return f"np.{a.dtype.name}({value!r})"
 
 
-def kernel_source(shape, inputs, members, outputs):
+def kernel_source(shape, inputs, members, outputs, aliases=None):
     """Source of a module with ``kernel`` (parallel) and ``kernel_serial`` functions.
 
     shape: the iteration shape; inputs: list of (name, shape or None for an inlined literal,
@@ -48,9 +48,14 @@ def kernel_source(shape, inputs, members, outputs):
     """
     nd = max(len(shape), 1)
     loops = [f"a{k}" for k in range(nd)]
-    params = [name for name, ishape, _ in inputs if ishape is not None] + [f"out_{o}" for o in outputs]
+    aliases = aliases or {}  # input position -> output position: the input is that output's array
+    params = [name for k, (name, ishape, _) in enumerate(inputs) if ishape is not None and k not in aliases] + \
+        [f"out_{o}" for o in outputs]
     body = []
-    for name, ishape, lit in inputs:
+    hoisted = []  # one-element inputs (scalars, Adam's hyperparameters) are read once, before the
+    #               loops: read inside, LLVM must assume an output store may change them and
+    #               neither hoists them nor vectorizes the loop
+    for position, (name, ishape, lit) in enumerate(inputs):
         if ishape is None:
             body.append(f"{name} = {_literal_expr(lit)}")
             continue
@@ -62,7 +67,10 @@ def kernel_source(shape, inputs, members, outputs):
             size = ishape[k] if ishape else 1
             full = shape[offset + k] if shape else 1
             idx.append("0" if size == 1 and full != 1 else loops[offset + k])
-        body.append(f"{name} = {name}_arr[{', '.join(idx)}]")
+        # a state array updated in place is read through its output argument: two arguments that
+        # alias make LLVM's runtime overlap check fail, and the loop runs unvectorized (5x slower)
+        source = f"out_{outputs[aliases[position]]}" if position in aliases else f"{name}_arr"
+        (hoisted if all(i == "0" for i in idx) else body).append(f"{name} = {source}[{', '.join(idx)}]")
     body += [f"{name} = {expr}" for name, expr in members]
     body += [f"out_{o}[{', '.join(loops)}] = {o}" for o in outputs]
 
@@ -71,6 +79,7 @@ def kernel_source(shape, inputs, members, outputs):
                  f"def {fname}({', '.join(p if p.startswith('out_') else p + '_arr' for p in params)}):"]
         ref = f"out_{outputs[0]}"
         indent = "    "
+        lines += [indent + h for h in hoisted]
         for k, var in enumerate(loops):
             rng = "numba.prange" if (k == 0 and parallel) else "range"
             lines.append(f"{indent}for {var} in {rng}({ref}.shape[{k}]):")
@@ -78,7 +87,7 @@ def kernel_source(shape, inputs, members, outputs):
         lines += [indent + b for b in body]
         return "\n".join(lines)
 
-    return "\n".join(["# ember fused kernel (format 2)", "import math", "import numba", "import numpy as np", "", "",
+    return "\n".join(["# ember fused kernel (format 3)", "import math", "import numba", "import numpy as np", "", "",
                       function("kernel", True), "", "", function("kernel_serial", False), ""])
 
 
@@ -102,21 +111,36 @@ def load_kernel_module(source):
     return mod
 
 
-def make_kernel(shape, inputs, members, outputs, out_dtypes, out_buffers=None):
+def make_kernel(shape, inputs, members, outputs, out_dtypes, out_buffers=None, aliases=None):
     """A callable ``f(*input_arrays) -> tuple of output arrays`` running the fused group.
 
     ``out_buffers[i]``: an array to write output i into (a state array updated in place, or a
     buffer reused by every run), or None for a new array per run.
     """
-    source = kernel_source(shape, inputs, members, outputs)
-    mod = load_kernel_module(source)
     size = int(np.prod(shape)) if shape else 1
+    full_shape = tuple(shape)
+    # every input either full-size or one element (Adam's update, activations and their
+    # gradients): one flat loop, which LLVM vectorizes; a loop nest per dimension it often does not
+    flat = (len(full_shape) > 1 and all(ishape is None or tuple(ishape) == full_shape or int(np.prod(ishape)) == 1
+                                        for _, ishape, _ in inputs)
+            and all(b is None or b.flags.c_contiguous for b in (out_buffers or ())))
+    if flat:
+        shape = (size,)
+        inputs = [(name, ishape if ishape is None else ((size,) if tuple(ishape) == full_shape else ()), lit)
+                  for name, ishape, lit in inputs]
+    aliases = aliases or {}
+    source = kernel_source(shape, inputs, members, outputs, aliases)
+    array_positions = [k for k, (_, ishape, _) in enumerate(inputs) if ishape is not None]
+    # run() receives every array input; those read through an output argument are dropped
+    passed = [i for i, k in enumerate(array_positions) if k not in aliases]
+    drop = len(passed) != len(array_positions)
+    mod = load_kernel_module(source)
     fn = mod.kernel if size >= PARALLEL_MIN_ELEMENTS else mod.kernel_serial
     run_shape = tuple(shape) if shape else (1,)
     dtypes = [np.dtype(d) for d in out_dtypes]
     scalar_out = not shape
 
-    full = tuple(run_shape)
+    full = full_shape if flat else tuple(run_shape)
 
     buffers = list(out_buffers or [None] * len(dtypes))
     fixed = [None if b is None else b.reshape(run_shape) for b in buffers]
@@ -127,10 +151,16 @@ def make_kernel(shape, inputs, members, outputs, out_dtypes, out_buffers=None):
         arrays = tuple(a.reshape(1) if a.ndim == 0 else
                        (np.ascontiguousarray(a) if a.shape == full and not a.flags.c_contiguous else a)
                        for a in arrays)
+        if drop:
+            arrays = tuple(arrays[i] for i in passed)
+        if flat:
+            arrays = tuple(a.reshape(-1) for a in arrays)
         outs = tuple(np.empty(run_shape, d) if f is None else f for f, d in zip(fixed, dtypes))
         fn(*arrays, *outs)
         if scalar_out:
             return tuple(o.reshape(()) for o in outs)
+        if flat:  # a reused buffer goes back as the very array it is (its full-shape original)
+            return tuple(o.reshape(full_shape) if b is None else b for o, b in zip(outs, buffers))
         return outs
 
     run.source = source

@@ -534,7 +534,7 @@ _SCALAR = {
     MINIMUM: lambda a, b: f"np.minimum({a}, {b})",
     WHERE: lambda c, a, b: f"({a} if {c} else {b})",
     NEG: lambda x: f"(-{x})",
-    SQRT: lambda x: f"math.sqrt({x})",
+    SQRT: lambda x: f"np.sqrt({x})",  # stays in the input's precision (math.sqrt is float64)
     RSQRT: lambda x: f"(1.0 / math.sqrt({x}))",
     ABS: lambda x: f"abs({x})",
     RELU: lambda x: f"np.maximum({x}, 0)",
