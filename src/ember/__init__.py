@@ -29,7 +29,8 @@ from .creation import (  # noqa: F401
     zeros,
     zeros_like,
 )
-from .dtypes import DType, float16, float32, float64, get_dtype, int8, int16, int32, int64, uint8  # noqa: F401  # noqa: F401
+from .dtypes import DType, float16, float32, float64, get_dtype, int8, int16, int32, int64  # noqa: F401
+from .dtypes import uint8, uint16, uint32, uint64  # noqa: F401  (torch.uint16/32/64 exist too)
 from .dtypes import bool_ as bool  # noqa: A001, F401
 from .errors import GradError, IndexingError, OpError, ShapeError  # noqa: F401
 from .ops.elementwise import (  # noqa: F401
@@ -163,6 +164,7 @@ from .random import (  # noqa: F401
     Generator,
     bernoulli,
     get_rng_state,
+    initial_seed,
     manual_seed,
     multinomial,
     normal,
