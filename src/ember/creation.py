@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import dtypes as _dt
@@ -95,7 +97,13 @@ def arange(start, end=None, step=1, dtype=None, requires_grad=False) -> Tensor:
     if (end - start) * step < 0:
         raise ValueError(f"arange: the step's sign does not lead from start to end (start={start}, end={end}, "
                          f"step={step}); use a {'negative' if end < start else 'positive'} step")
-    return _finish(np.arange(start, end, step).astype(np_dtype), requires_grad)
+    # PyTorch's arithmetic: n = ceil((end - start) / step) values start + i * step, each computed from i (not by
+    # repeated addition, as np.arange does: np.arange(10, 11, 0.1)[3] is 10.299999999999999, torch's is 10.3)
+    if np_dtype.kind in "iub":
+        n = max(0, -(-(end - start) // step))
+        return _finish((start + step * np.arange(n, dtype=np.int64)).astype(np_dtype), requires_grad)
+    n = max(0, math.ceil((float(end) - float(start)) / float(step)))
+    return _finish((float(start) + float(step) * np.arange(n, dtype=np.float64)).astype(np_dtype), requires_grad)
 
 
 def linspace(start, end, steps, dtype=None, requires_grad=False) -> Tensor:
@@ -103,7 +111,18 @@ def linspace(start, end, steps, dtype=None, requires_grad=False) -> Tensor:
     if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"linspace: steps must be a non-negative int, got {steps!r}")
     start, end = _number(start, "linspace", "start"), _number(end, "linspace", "end")
-    return _finish(np.linspace(start, end, int(steps)).astype(_np_dtype(dtype)), requires_grad)
+    np_dtype = _np_dtype(dtype)
+    # PyTorch's kernel: the bounds converted to the dtype first, the first half counted up from start and the
+    # second down from end, in the dtype's precision (float64 for integer dtypes, then truncated)
+    step_dtype = np.dtype(np.float64 if np_dtype.kind in "iub" else np_dtype)
+    start, end = (np.asarray(v).astype(np_dtype).astype(step_dtype) for v in (start, end))
+    if steps == 1:
+        return _finish(np.full(1, start, np_dtype), requires_grad)
+    step = (end - start) / step_dtype.type(steps - 1)
+    i = np.arange(steps, dtype=np.int64)
+    down = (steps - i - 1).astype(step_dtype)
+    values = np.where(i < steps // 2, start + step * i.astype(step_dtype), end - step * down)
+    return _finish(values.astype(np_dtype), requires_grad)
 
 
 def logspace(start, end, steps, base=10.0, dtype=None, requires_grad=False) -> Tensor:
