@@ -57,12 +57,12 @@ def _compare(e_fn, t_fn, label, problems):
 @pytest.mark.parametrize("op", OPS)
 def test_tensor_tensor_promotion_matches_torch(op):
     fn, problems = OPS[op], []
-    for (ea, ta), (eb, tb) in itertools.product(PAIRS, repeat=2):
+    for (ea, _), (eb, _) in itertools.product(PAIRS, repeat=2):
         for za, zb in itertools.product((False, True), repeat=2):
             a, b = _values(ea, za), _values(eb, zb)
             label = f"{ea}{'(0-d)' if za else ''} {op} {eb}{'(0-d)' if zb else ''}"
-            _compare(lambda: fn(em.tensor(a), em.tensor(b)),
-                     lambda: fn(torch.tensor(a), torch.tensor(b)), label, problems)
+            _compare(lambda a=a, b=b: fn(em.tensor(a), em.tensor(b)),
+                     lambda a=a, b=b: fn(torch.tensor(a), torch.tensor(b)), label, problems)
             if op == "+" and not problems:
                 rt = torch.result_type(torch.tensor(a), torch.tensor(b))
                 assert TORCH_OF[(em.tensor(a) + em.tensor(b)).dtype] == rt, label
@@ -77,7 +77,8 @@ def test_tensor_scalar_promotion_matches_torch(op):
         f = (lambda x, y: fn(y, x)) if swap else fn
         label = f"{'scalar ' + repr(scalar) + ' ' + op + ' ' if swap else ''}{ea}{'(0-d)' if zero_d else ''}" \
                 f"{'' if swap else ' ' + op + ' ' + repr(scalar)}"
-        _compare(lambda: f(em.tensor(a), scalar), lambda: f(torch.tensor(a), scalar), label, problems)
+        _compare(lambda f=f, a=a, s=scalar: f(em.tensor(a), s), lambda f=f, a=a, s=scalar: f(torch.tensor(a), s),
+                 label, problems)
     assert not problems, "\n".join(problems)
 
 

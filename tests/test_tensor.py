@@ -25,7 +25,8 @@ DATA = [  # data em.tensor and torch.tensor must read the same way
     [[[1.5]], [[2.5]]], (1, 2), [(1, 2), (3, 4)], [float("inf"), -0.0], [2 ** 62, -(2 ** 63)],
     # lists of NumPy scalars keep their dtypes, promoted with the Python numbers beside them
     [np.float64(1.0)], [np.float64(1.0), 2.0], [np.float16(1.0), 2.0], [np.float16(1.0), 2], [np.int32(1), 2],
-    [np.int32(1), np.int32(2)], [np.uint8(1), np.int8(2)], [np.int16(1), np.float32(2.5)], [np.bool_(True), np.bool_(False)],
+    [np.int32(1), np.int32(2)], [np.uint8(1), np.int8(2)], [np.int16(1), np.float32(2.5)],
+    [np.bool_(True), np.bool_(False)],
     [np.array([1.0, 2.0]), np.array([3.0, 4.0])], [np.array([1, 2], np.int32), [3, 4]],
 ]
 

@@ -81,8 +81,11 @@ def _draw(kind, shape, dtype, params, generator):
     if kind == "uniform":
         lo, hi = params
         if (lo, hi) == (0.0, 1.0):
-            return g.random(shape, dtype=dtype) if fast else g.random(shape).astype(dtype)
-        return g.uniform(lo, hi, size=shape).astype(dtype)
+            if fast:
+                return g.random(shape, dtype=dtype)
+            # float16 (as torch): a random 11-bit mantissa, so that rounding never gives 1.0
+            return (g.integers(0, 2 ** 11, size=shape) * 2.0 ** -11).astype(dtype)
+        return _below(g.uniform(lo, hi, size=shape).astype(dtype), hi)
     if kind == "normal":
         mean, std = params
         z = g.standard_normal(shape, dtype=dtype) if fast else g.standard_normal(shape).astype(dtype)
@@ -92,7 +95,7 @@ def _draw(kind, shape, dtype, params, generator):
     # the draws of em.uniform / em.normal / em.bernoulli / em.randperm (float64, then cast),
     # so that inside em.jit they are graph nodes drawing the same numbers as eager mode
     if kind == "uniform64":
-        return g.uniform(params[0], params[1], size=shape).astype(dtype)
+        return _below(g.uniform(params[0], params[1], size=shape).astype(dtype), params[1])
     if kind == "normal64":
         return g.standard_normal(shape).astype(dtype)
     if kind == "permutation":
@@ -101,6 +104,14 @@ def _draw(kind, shape, dtype, params, generator):
         p = params[0]
         return (g.random(shape, dtype=np.float32) >= p) * np.asarray(1.0 / (1.0 - p), dtype=dtype)
     raise ValueError(f"unknown random kind {kind!r}")
+
+
+def _below(values, high):
+    """Samples of [low, high) that rounding to a narrower dtype carried up to ``high``, moved one ulp below it."""
+    top = np.asarray(high, values.dtype)
+    if values.size and values.max() >= top:
+        values = np.where(values >= top, np.nextafter(top, np.asarray(-np.inf, values.dtype)), values)
+    return values
 
 
 def _random_tensor(kind, shape, dtype, params, generator):
@@ -191,8 +202,8 @@ def uniform(low=0.0, high=1.0, size=(), dtype=None, generator=None, requires_gra
         t = _random_tensor("uniform64", (size,) if isinstance(size, int) else tuple(size), d,
                            (float(low), float(high)), generator)
         return t.requires_grad_(True) if requires_grad else t
-    arr = _gen(generator).uniform(low, high, size=tuple(size) if not isinstance(size, int)
-                                  else (size,)).astype(d)
+    arr = _below(_gen(generator).uniform(low, high, size=tuple(size) if not isinstance(size, int)
+                                         else (size,)).astype(d), high)
     return _finish(arr, requires_grad)
 
 

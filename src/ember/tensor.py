@@ -269,7 +269,8 @@ def _as_array(data, dtype):
                         f"pass numbers, nested lists of numbers, NumPy arrays or tensors of {_SUPPORTED}")
     if dtype is not None:
         return arr.astype(dtype.np)
-    return arr.astype(_dt.default_float.np if arr.dtype.kind == "f" else np.int64 if arr.dtype.kind in "iu" else arr.dtype)
+    kind = arr.dtype.kind
+    return arr.astype(_dt.default_float.np if kind == "f" else np.int64 if kind in "iu" else arr.dtype)
 
 
 def _element_dtype(v) -> np.dtype:
