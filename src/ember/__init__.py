@@ -29,7 +29,21 @@ from .creation import (  # noqa: F401
     zeros,
     zeros_like,
 )
-from .dtypes import DType, float16, float32, float64, get_dtype, int8, int16, int32, int64, uint8  # noqa: F401  # noqa: F401
+from .dtypes import (  # noqa: F401
+    DType,
+    float16,
+    float32,
+    float64,
+    get_dtype,
+    int8,
+    int16,
+    int32,
+    int64,
+    uint8,
+    uint16,
+    uint32,
+    uint64,
+)
 from .dtypes import bool_ as bool  # noqa: A001, F401
 from .errors import GradError, IndexingError, OpError, ShapeError  # noqa: F401
 from .ops.elementwise import (  # noqa: F401
@@ -163,6 +177,7 @@ from .random import (  # noqa: F401
     Generator,
     bernoulli,
     get_rng_state,
+    initial_seed,
     manual_seed,
     multinomial,
     normal,

@@ -55,11 +55,12 @@ default_int = int64
 
 
 def get_dtype(spec) -> DType:
-    """Return the ember DType for an ember DType, NumPy dtype, Python type or name."""
+    """Return the ember DType for an ember DType, NumPy dtype, Python type (float -> float64, int -> int64,
+    bool -> bool, as in PyTorch) or name ("float32", "float" = float32, "long"...)."""
     if isinstance(spec, DType):
         return spec
-    if spec is float:
-        return default_float
+    if spec is float:  # as torch and NumPy: Python's float is a double (em.float is float32)
+        return float64
     if spec is int:
         return default_int
     if spec is bool:

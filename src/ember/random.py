@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import dtypes as _dt
-from .ops.helpers import norm_shape
+from .ops.helpers import norm_size
 from .ops.registry import primitive
 from .tensor import Tensor
 
@@ -22,11 +22,16 @@ class Generator:
     """A random stream (PyTorch's torch.Generator): ``Generator().manual_seed(0)``."""
 
     def __init__(self, seed=None):
-        self._seed = seed
-        self.np = np.random.Generator(np.random.PCG64(seed))
+        # no seed: a fresh one from the OS, remembered so that initial_seed() can reproduce the run
+        self.manual_seed(np.random.SeedSequence().entropy % 2 ** 64 if seed is None else seed)
 
     def manual_seed(self, seed: int) -> Generator:
-        self._seed = int(seed)
+        """Restart the stream from ``seed``: any int in [-2**63, 2**64); negative seeds wrap to their unsigned
+        64-bit value, as in PyTorch."""
+        seed = int(seed)
+        if not -(2 ** 63) <= seed < 2 ** 64:
+            raise ValueError(f"manual_seed: the seed must fit in 64 bits ([-2**63, 2**64)), got {seed}")
+        self._seed = seed % 2 ** 64
         self.np = np.random.Generator(np.random.PCG64(self._seed))
         return self
 
@@ -51,6 +56,11 @@ def manual_seed(seed: int) -> Generator:
 seed = manual_seed
 
 
+def initial_seed() -> int:
+    """The seed the global generator was last seeded with."""
+    return default_generator.initial_seed()
+
+
 def get_rng_state() -> dict:
     return default_generator.get_state()
 
@@ -71,8 +81,11 @@ def _draw(kind, shape, dtype, params, generator):
     if kind == "uniform":
         lo, hi = params
         if (lo, hi) == (0.0, 1.0):
-            return g.random(shape, dtype=dtype) if fast else g.random(shape).astype(dtype)
-        return g.uniform(lo, hi, size=shape).astype(dtype)
+            if fast:
+                return g.random(shape, dtype=dtype)
+            # float16 (as torch): a random 11-bit mantissa, so that rounding never gives 1.0
+            return (g.integers(0, 2 ** 11, size=shape) * 2.0 ** -11).astype(dtype)
+        return _below(g.uniform(lo, hi, size=shape).astype(dtype), hi)
     if kind == "normal":
         mean, std = params
         z = g.standard_normal(shape, dtype=dtype) if fast else g.standard_normal(shape).astype(dtype)
@@ -82,7 +95,7 @@ def _draw(kind, shape, dtype, params, generator):
     # the draws of em.uniform / em.normal / em.bernoulli / em.randperm (float64, then cast),
     # so that inside em.jit they are graph nodes drawing the same numbers as eager mode
     if kind == "uniform64":
-        return g.uniform(params[0], params[1], size=shape).astype(dtype)
+        return _below(g.uniform(params[0], params[1], size=shape).astype(dtype), params[1])
     if kind == "normal64":
         return g.standard_normal(shape).astype(dtype)
     if kind == "permutation":
@@ -91,6 +104,14 @@ def _draw(kind, shape, dtype, params, generator):
         p = params[0]
         return (g.random(shape, dtype=np.float32) >= p) * np.asarray(1.0 / (1.0 - p), dtype=dtype)
     raise ValueError(f"unknown random kind {kind!r}")
+
+
+def _below(values, high):
+    """Samples of [low, high) that rounding to a narrower dtype carried up to ``high``, moved one ulp below it."""
+    top = np.asarray(high, values.dtype)
+    if values.size and values.max() >= top:
+        values = np.where(values >= top, np.nextafter(top, np.asarray(-np.inf, values.dtype)), values)
+    return values
 
 
 def _random_tensor(kind, shape, dtype, params, generator):
@@ -112,10 +133,11 @@ def _tracing():
     return ACTIVE[0] is not None
 
 
-def _float_dtype(dtype):
+def _float_dtype(dtype, op):
     d = _dt.default_float if dtype is None else _dt.get_dtype(dtype)
     if not d.is_floating_point:
-        raise TypeError(f"expected a floating-point dtype, got {d}")
+        raise TypeError(f"{op}: expected a floating-point dtype, got {d}; draw floats and convert them (e.g. "
+                        f".long()), or use randint for integers")
     return d.np
 
 
@@ -128,22 +150,26 @@ def _finish(arr, requires_grad):
 
 def rand(*shape, dtype=None, generator=None, requires_grad=False) -> Tensor:
     """Uniform samples in [0, 1)."""
-    t = _random_tensor("uniform", norm_shape(shape), _float_dtype(dtype), (0.0, 1.0), generator)
+    t = _random_tensor("uniform", norm_size(shape, "rand"), _float_dtype(dtype, "rand"), (0.0, 1.0), generator)
     return t.requires_grad_(True) if requires_grad else t
 
 
 def randn(*shape, dtype=None, generator=None, requires_grad=False) -> Tensor:
     """Standard normal samples."""
-    t = _random_tensor("normal", norm_shape(shape), _float_dtype(dtype), (0.0, 1.0), generator)
+    t = _random_tensor("normal", norm_size(shape, "randn"), _float_dtype(dtype, "randn"), (0.0, 1.0), generator)
     return t.requires_grad_(True) if requires_grad else t
 
 
 def randint(low, high=None, size=(), dtype=None, generator=None) -> Tensor:
     """Integers in [low, high) (int64 unless ``dtype``); randint(high, size) also works."""
-    if high is None:
-        low, high = 0, low
+    if high is None or isinstance(high, (tuple, list)):  # randint(high) or randint(high, size), as PyTorch
+        low, high, size = 0, low, (size if high is None else high)
+    low, high = int(low), int(high)
+    if low >= high:
+        raise ValueError(f"randint: low must be less than high (values are drawn from [low, high)), got low={low}, "
+                         f"high={high}")
     d = _dt.int64.np if dtype is None else _dt.get_dtype(dtype).np
-    size = (size,) if isinstance(size, int) else tuple(size)
+    size = norm_size((size,), "randint")
     return _random_tensor("randint", size, d, (low, high), generator)
 
 
@@ -151,10 +177,12 @@ def normal(mean=0.0, std=1.0, size=None, dtype=None, generator=None, requires_gr
     """Normal samples; ``mean``/``std`` may be tensors (their broadcast shape is used)."""
     m = mean.data if isinstance(mean, Tensor) else mean
     s = std.data if isinstance(std, Tensor) else std
+    if isinstance(s, (int, float, np.ndarray, np.generic)) and np.any(np.asarray(s) < 0):
+        raise ValueError(f"normal: std must be >= 0, got {s}")
     if size is None:
         size = np.broadcast_shapes(np.shape(m), np.shape(s))
     d = _float_dtype(dtype if dtype is not None else
-                     (mean.dtype if isinstance(mean, Tensor) else None))
+                     (mean.dtype if isinstance(mean, Tensor) else None), "normal")
     if _tracing():  # a graph node drawing fresh numbers at every run (not baked in)
         z = _random_tensor("normal64", tuple(size), np.float64, (), generator)
         m = mean.detach() if isinstance(mean, Tensor) else mean
@@ -166,13 +194,16 @@ def normal(mean=0.0, std=1.0, size=None, dtype=None, generator=None, requires_gr
 
 
 def uniform(low=0.0, high=1.0, size=(), dtype=None, generator=None, requires_grad=False) -> Tensor:
-    d = _float_dtype(dtype)
+    """Samples from [low, high) of shape ``size`` (float32 unless ``dtype``)."""
+    if not low <= high:
+        raise ValueError(f"uniform: low must be <= high, got low={low}, high={high}")
+    d = _float_dtype(dtype, "uniform")
     if _tracing():
         t = _random_tensor("uniform64", (size,) if isinstance(size, int) else tuple(size), d,
                            (float(low), float(high)), generator)
         return t.requires_grad_(True) if requires_grad else t
-    arr = _gen(generator).uniform(low, high, size=tuple(size) if not isinstance(size, int)
-                                  else (size,)).astype(d)
+    arr = _below(_gen(generator).uniform(low, high, size=tuple(size) if not isinstance(size, int)
+                                         else (size,)).astype(d), high)
     return _finish(arr, requires_grad)
 
 

@@ -48,9 +48,17 @@ class Tensor:
         return _dt.from_numpy_dtype(self.data.dtype)
 
     def size(self, dim=None):
+        """The shape (a tuple), or the length of dimension ``dim`` (negative counts from the end)."""
+        shape = self.data.shape
         if dim is None:
-            return self.data.shape
-        return self.data.shape[dim]
+            return shape
+        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool):
+            raise TypeError(f"size(): dim must be an int, got {dim!r}; call size() for the whole shape")
+        if not -len(shape) <= dim < len(shape):
+            raise IndexError(f"size(): dim {dim} is out of range for a tensor of shape {shape} (expected "
+                             f"{-len(shape)}..{len(shape) - 1})" if shape else
+                             f"size(): dim {dim} given but the tensor is 0-d (shape ()); call size() instead")
+        return shape[dim]
 
     def dim(self) -> int:
         return self.data.ndim
@@ -219,7 +227,10 @@ class Tensor:
                                threshold=1000, edgeitems=3)
         extras = []
         d = self.data.dtype
-        if d not in (np.float32, np.int64, np.bool_) or self.data.size == 0:
+        if self.data.size == 0 and self.data.shape != (0,):  # "[]" alone would hide the shape
+            extras.append(f"size={self.data.shape}")
+        # as PyTorch: the dtype is shown when the values cannot tell it (an empty int64 tensor shows it too)
+        if d not in (np.float32, np.int64, np.bool_) or (self.data.size == 0 and d != np.float32):
             extras.append(f"dtype={self.dtype!r}")
         if self._node is not None:
             extras.append(f"grad_fn={self._node!r}")
@@ -239,32 +250,93 @@ def ones_like_data(t):
     return Tensor._make(np.ones_like(t.data))
 
 
+_SUPPORTED = ", ".join(d.name for d in _dt.ALL)
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
 def _as_array(data, dtype):
     if isinstance(data, Tensor):
         return data.data.copy() if dtype is None else data.data.astype(dtype.np)
     if isinstance(data, (np.ndarray, np.generic)):  # NumPy scalars keep their dtype, as in torch.tensor
         arr = np.asarray(data)
-        if dtype is not None:
-            return arr.astype(dtype.np)
-        if arr.dtype.kind == "f" or arr.dtype == np.bool_ or arr.dtype.kind in "iu":
-            _dt.from_numpy_dtype(arr.dtype)  # reject unsupported NumPy dtypes early
-            return arr.copy()
-        raise TypeError(f"tensor(): cannot make a tensor from a NumPy array of dtype {arr.dtype}")
-    if isinstance(data, (list, tuple)) and any(isinstance(v, Tensor) for v in _flatten(data)):
-        data = _unwrap_nested(data)
-    arr = np.asarray(data)
-    if arr.dtype == object:
-        raise TypeError(f"tensor(): could not infer a numeric dtype from {type(data).__name__}; "
-                        "nested lists must be rectangular and hold numbers")
+        _element_dtype(arr)  # rejects complex, object, strings...
+        return arr.copy() if dtype is None else arr.astype(dtype.np)
+    if isinstance(data, (list, tuple, bool, int, float)):
+        return _sequence_array(data, dtype)
+    arr = np.asarray(data)  # other array-likes (range, objects with __array__)
+    if arr.dtype.kind not in "biuf" or arr.dtype not in _dt._BY_NP:
+        raise TypeError(f"tensor(): cannot make a tensor from {type(data).__name__} (it gives dtype {arr.dtype}); "
+                        f"pass numbers, nested lists of numbers, NumPy arrays or tensors of {_SUPPORTED}")
     if dtype is not None:
         return arr.astype(dtype.np)
-    if arr.dtype.kind == "f":
-        return arr.astype(_dt.default_float.np)
-    if arr.dtype.kind in "iu":
-        return arr.astype(np.int64)
-    if arr.dtype == np.bool_:
-        return arr
-    raise TypeError(f"tensor(): unsupported data of dtype {arr.dtype}")
+    kind = arr.dtype.kind
+    return arr.astype(_dt.default_float.np if kind == "f" else np.int64 if kind in "iu" else arr.dtype)
+
+
+def _element_dtype(v) -> np.dtype:
+    """The dtype one element of a (nested) list contributes, as torch.tensor infers it: Python numbers count as
+    their default dtypes, NumPy scalars, arrays and tensors as their own."""
+    if isinstance(v, (np.ndarray, np.generic)):  # before the Python types: np.float64 is a float
+        if v.dtype in _dt._BY_NP:
+            return v.dtype
+        raise TypeError(f"tensor(): cannot make a tensor from NumPy data of dtype {v.dtype}; ember supports "
+                        f"{_SUPPORTED}: convert it first, e.g. with .astype(np.float32)")
+    if isinstance(v, bool):
+        return np.dtype(np.bool_)
+    if isinstance(v, int):
+        if not _INT64_MIN <= v <= _INT64_MAX:
+            raise OverflowError(f"tensor(): the Python int {v} does not fit in int64; pass it as a float "
+                                f"(e.g. {float(v):g}) or use values in [-2**63, 2**63 - 1]")
+        return np.dtype(np.int64)
+    if isinstance(v, float):
+        return _dt.default_float.np
+    if isinstance(v, Tensor):
+        return v.data.dtype
+    raise TypeError(f"tensor(): cannot make a tensor from {type(v).__name__} ({v!r:.40}); pass numbers, nested "
+                    f"lists of numbers, NumPy arrays or tensors of {_SUPPORTED}")
+
+
+def _sequence_array(data, dtype):
+    """A nested list (or a Python scalar) as an array: its dtype promoted over its elements as torch.tensor does
+    (``[np.float64(1.0), 2.0]`` is float64, ``[1, 2.5]`` float32), unless ``dtype`` is given."""
+    flat = list(_flatten(data)) if isinstance(data, (list, tuple)) else [data]
+    inferred = _dt.default_float.np if not flat else None  # torch.tensor([]) is float32
+    has_tensor = False
+    for v in flat:
+        d = _element_dtype(v)
+        inferred = d if inferred is None else _dt._promote_pair(inferred, d)
+        has_tensor = has_tensor or isinstance(v, Tensor)
+    if has_tensor:
+        data = _unwrap_nested(data)
+    try:
+        return np.asarray(data, dtype=inferred if dtype is None else dtype.np)
+    except ValueError:
+        where = _ragged_where(data) if isinstance(data, (list, tuple)) else None
+        if where is None:
+            raise
+        raise ValueError(f"tensor(): nested lists must be rectangular (every row the same length), but {where}; "
+                         "pad the rows to one length or make one tensor per row") from None
+
+
+def _ragged_where(seq, path=()):
+    """Where a nested list stops being rectangular, e.g. 'data[1] has length 1 but data[0] has length 2'."""
+    def describe(v):
+        if isinstance(v, (list, tuple)):
+            return f"length {len(v)}"
+        if isinstance(v, (np.ndarray, Tensor)) and v.ndim:
+            return f"shape {tuple(v.shape)}"
+        return "a number"
+
+    index = "data" + "".join(f"[{i}]" for i in path)
+    for i, v in enumerate(seq[1:], 1):
+        if describe(v) != describe(seq[0]):
+            return f"{index}[{i}] has {describe(v)} but {index}[0] has {describe(seq[0])}"
+    for i, v in enumerate(seq):
+        if isinstance(v, (list, tuple)):
+            found = _ragged_where(v, path + (i,))
+            if found:
+                return found
+    return None
 
 
 def _flatten(seq):
@@ -283,7 +355,9 @@ def _unwrap_nested(seq):
 def tensor(data, dtype=None, requires_grad=False) -> Tensor:
     """Create a tensor that owns a copy of ``data`` (nested lists, scalars, arrays, tensors).
 
-    Floats default to float32 and ints to int64, as in PyTorch; NumPy arrays keep their dtype.
+    Python floats default to float32 and ints to int64, as in PyTorch; NumPy arrays and scalars keep
+    their dtype, and a list's dtype is promoted over its elements (``[np.float64(1.0), 2.0]`` is
+    float64, as with torch.tensor).
     """
     dtype = None if dtype is None else _dt.get_dtype(dtype)
     arr = _as_array(data, dtype)

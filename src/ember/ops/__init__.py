@@ -122,6 +122,20 @@ _METHODS = {
 for _name, _fn in _METHODS.items():
     setattr(Tensor, _name, _fn)
 
-Tensor.T = property(lambda self: mv.permute(self, tuple(range(self.ndim))[::-1]))
+
+
+def _reversed_dims(self):
+    """``t.T``: the transpose of a matrix. On other ranks it reverses all dims (the identity on 0-d and 1-D
+    tensors) with PyTorch's deprecation warning, since PyTorch will make that an error."""
+    if self.ndim != 2:
+        import warnings
+
+        warnings.warn(f"t.T on a {self.ndim}-D tensor (shape {self.shape}) is deprecated, as in PyTorch: it is "
+                      "meant for matrices; use t.mT to transpose batches of matrices or t.permute(*reversed(range("
+                      "t.ndim))) to reverse all dims", UserWarning, stacklevel=2)
+    return mv.permute(self, tuple(range(self.ndim))[::-1])
+
+
+Tensor.T = property(_reversed_dims)
 Tensor.mT = property(lambda self: mv.transpose(self, -2, -1))
 Tensor.__hash__ = lambda self: id(self)  # defining __eq__ would otherwise remove hashing

@@ -252,10 +252,10 @@ def add(a, b, alpha=None):
 def sub(a, b, alpha=None):
     if alpha is not None and alpha != 1:
         b = mul(b, alpha)
-    a, b = pair(a, b)
-    if a.data.dtype == np.bool_:
-        raise OpError("sub: subtraction of bool tensors is not supported; use logical_xor()")
-    return apply(SUB, (a, b), NO_ATTRS)
+    if _is_bool(a) or _is_bool(b):  # as PyTorch: `1 - mask` on a bool mask is almost always a mistake for `~mask`
+        raise OpError(f"sub: subtraction with a bool operand is not supported (got {_describe(a)} - {_describe(b)}); "
+                      "to invert a mask use ~mask or logical_not(), to count use mask.long() first")
+    return apply(SUB, pair(a, b), NO_ATTRS)
 
 
 def mul(a, b):
@@ -274,16 +274,32 @@ def div(a, b, rounding_mode=None):
     return apply(DIV, (a, b), NO_ATTRS)
 
 
+def _is_bool(v) -> bool:
+    return isinstance(v, (bool, np.bool_)) or (isinstance(v, Tensor) and v.data.dtype == np.bool_)
+
+
+def _describe(v) -> str:
+    return f"{v.dtype} tensor of shape {v.shape}" if isinstance(v, Tensor) else repr(v)
+
+
+def _no_bool_arithmetic(op, a, b):
+    """Promoted to bool, NumPy would compute // % ** in int8; PyTorch has no such kernels."""
+    if a.data.dtype == np.bool_:
+        raise OpError(f"{op}: not defined for two bool operands (got {_describe(a)} and {_describe(b)}); "
+                      "convert them with .long() or .float() first")
+    return a, b
+
+
 def floor_divide(a, b):
-    return apply(FLOOR_DIVIDE, pair(a, b), NO_ATTRS)
+    return apply(FLOOR_DIVIDE, _no_bool_arithmetic("floor_divide", *pair(a, b)), NO_ATTRS)
 
 
 def remainder(a, b):
-    return apply(REMAINDER, pair(a, b), NO_ATTRS)
+    return apply(REMAINDER, _no_bool_arithmetic("remainder", *pair(a, b)), NO_ATTRS)
 
 
 def pow(a, b):  # noqa: A001  (PyTorch's name)
-    a, b = pair(a, b)
+    a, b = _no_bool_arithmetic("pow", *pair(a, b))
     if a.data.dtype.kind in "iu" and (b.data < 0).any():
         raise OpError("pow: integers to negative integer powers are not allowed; "
                       "convert the base to float first")

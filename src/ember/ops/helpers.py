@@ -114,6 +114,18 @@ def norm_shape(shape) -> tuple:
     return tuple(int(s) for s in shape)
 
 
+def norm_size(shape, op) -> tuple:
+    """A factory's size argument (``op(2, 3)``, ``op((2, 3))`` or ``op([2, 3])``): non-negative ints."""
+    try:
+        size = norm_shape(shape)
+    except TypeError:
+        raise TypeError(f"{op}: sizes must be integers, got {shape[0] if len(shape) == 1 else shape!r}; "
+                        f"e.g. {op}(2, 3) or {op}((2, 3))") from None
+    if any(s < 0 for s in size):
+        raise ValueError(f"{op}: sizes must be non-negative, got {size}")
+    return size
+
+
 def add_at(buf: np.ndarray, index, values: np.ndarray) -> None:
     """``np.add.at(buf, index, values)``, several times faster for the common gather-along-axis-0
     index (embedding and cross-entropy gradients): rows are grouped by a stable sort and each

@@ -119,7 +119,8 @@ def apply(op: Primitive, inputs: tuple, attrs: dict):
     if type(out) is not np.ndarray:  # NumPy returns scalars for 0-d results; keep arrays
         out = np.asarray(out)
     result = Tensor._make(out)
-    if GradMode.enabled and op.differentiable:
+    # only float results carry gradients (PyTorch's rule): x.long() or x.argmax() is a constant
+    if GradMode.enabled and op.differentiable and out.dtype.kind == "f":
         for t in inputs:
             if t.requires_grad:
                 _record(op, inputs, attrs, result)
@@ -133,7 +134,7 @@ def apply(op: Primitive, inputs: tuple, attrs: dict):
 def _apply_traced(tracer, op, inputs, attrs):
     """Inside ``em.jit`` tracing: add a graph node; autograd records as in eager mode."""
     result = Tensor._make(tracer.record(op, inputs, attrs))
-    if GradMode.enabled and op.differentiable:
+    if GradMode.enabled and op.differentiable and result.data.dtype.kind == "f":
         for t in inputs:
             if t.requires_grad:
                 _record(op, inputs, attrs, result)
