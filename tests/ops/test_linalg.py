@@ -151,3 +151,24 @@ def test_matmul_second_derivative():
     (tga,) = torch.autograd.grad(((ta @ tb) ** 2).sum(), [ta], create_graph=True)
     (tgb,) = torch.autograd.grad(tga.sum(), [tb])
     np.testing.assert_allclose(gb.numpy(), tgb.numpy(), rtol=1e-10)
+
+
+def test_weight_gradients_are_c_contiguous():
+    """PyTorch's layout contract: .grad is laid out like the parameter, even when the gradient
+    was computed transposed (Linear's weight gradient is (x.T @ g).T)."""
+    layer = em.nn.Linear(30, 20)
+    layer(em.randn(8, 30)).sum().backward()
+    assert layer.weight.grad.data.flags.c_contiguous
+    assert layer.weight.grad.shape == layer.weight.shape
+
+
+def test_weight_gradient_of_linear_on_3d_input_is_c_contiguous_and_matches_torch():
+    layer = em.nn.Linear(6, 5)
+    x = np.random.default_rng(1).standard_normal((3, 4, 6)).astype(np.float32)
+    layer(em.tensor(x)).sum().backward()
+    t = torch.nn.Linear(6, 5)
+    with torch.no_grad():
+        t.weight.copy_(torch.tensor(layer.weight.data))
+    t(torch.tensor(x)).sum().backward()
+    assert layer.weight.grad.data.flags.c_contiguous
+    np.testing.assert_allclose(layer.weight.grad.numpy(), t.weight.grad.numpy(), rtol=1e-5, atol=1e-6)
