@@ -193,10 +193,9 @@ def markdown(report) -> str:
              "quantized with `em.quantize.dynamic` (int8 per-channel weights, uint8 per-batch activations). "
              f"Speed: median over {report['settings']['windows']} windows of {report['settings']['seconds']} s "
              "each; batch 1 is the p50 latency of one call, batch 256 the images/s of back-to-back calls. "
-             "Caveat: the machine's 2 CPUs were shared with other jobs while this ran, so timings are noisy: some "
-             "batch-256 windows of ember ran at ~6,400 images/s (40 ms per call, most likely OpenBLAS's second thread "
-             "waiting for a core the other jobs held), which is why the best window is shown next to the median; "
-             "compare float32 and int8 on the same row pair (their windows alternate).", "",
+             "Caveat: on these 2-CPU virtual machines single windows vary by up to 2x from run to run (and more "
+             "when other jobs share the CPUs), which is why the best window is shown next to the median; compare "
+             "float32 and int8 on the same row pair (their windows alternate).", "",
              "| model | weights | file bytes | size ratio | test accuracy | ember batch-1 p50 ms | "
              "ember batch-256 img/s | onnxruntime batch-1 p50 ms | onnxruntime batch-256 img/s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
