@@ -137,17 +137,10 @@ def markdown(report) -> str:
 
 
 def write_results(report):
-    RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_JSON.write_text(json.dumps(report, indent=2) + "\n")
-    block = markdown(report)
-    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + block + "\n"
-    RESULTS_MD.write_text(text)
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.report import save_results
+
+    save_results("distributed", report, markdown(report), RESULTS_JSON, RESULTS_MD)
 
 
 def _mpi_library():

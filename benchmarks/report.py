@@ -194,6 +194,15 @@ def replace_block(name: str, body: str, path: Path = RESULTS_MD) -> None:
     path.write_text(text)
 
 
+def save_results(name: str, results: dict, block: str, json_path: Path, path: Path = RESULTS_MD) -> None:
+    """A stand-alone benchmark's raw results as JSON at ``json_path`` and its markdown ``block``
+    (with or without its begin/end markers) as the marked block ``name`` of RESULTS.md."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    body = block.replace(f"<!-- {name}:begin -->", "").replace(f"<!-- {name}:end -->", "").strip("\n")
+    replace_block(name, body, path)
+
+
 def _machine_line(res: dict) -> str:
     m = res["machine"]
     v = m["versions"]
