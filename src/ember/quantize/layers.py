@@ -56,6 +56,24 @@ def _check_float_input(layer, x):
     return x if x.data.dtype == np.float32 else x.float()
 
 
+def _int8_buffers(layer, shape, bias):
+    """The buffers of a quantized layer: int8 ``weight`` of ``shape``, one float32 scale (and bias)
+    per output channel."""
+    layer.register_buffer("weight", Tensor._make(np.zeros(shape, np.int8)))
+    layer.register_buffer("weight_scale", Tensor._make(np.ones(shape[0], np.float32)))
+    layer.register_buffer("bias", Tensor._make(np.zeros(shape[0], np.float32)) if bias else None)
+
+
+def _fill_from(q, module, w):
+    """Quantize float weights ``w`` of ``module`` into the new layer ``q``; copy bias, name and mode."""
+    q.weight.data[...], q.weight_scale.data[...] = quantize_per_channel_np(w, axis=0)
+    if module.bias is not None:
+        q.bias.data[...] = module.bias.data
+    if isinstance(getattr(module, "name", None), str):
+        object.__setattr__(q, "name", module.name)
+    return q.train(module.training)
+
+
 class QuantizedLinear(Module):
     """``y = activation(dequant(quant(x) @ W_q.T) + bias)`` with int8 per-output-channel weights.
 
@@ -74,9 +92,7 @@ class QuantizedLinear(Module):
             raise ValueError(f"QuantizedLinear: feature sizes must be positive, got in_features={in_features}, "
                              f"out_features={out_features}")
         self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight", Tensor._make(np.zeros((out_features, in_features), np.int8)))
-        self.register_buffer("weight_scale", Tensor._make(np.ones(out_features, np.float32)))
-        self.register_buffer("bias", Tensor._make(np.zeros(out_features, np.float32)) if bias else None)
+        _int8_buffers(self, (out_features, in_features), bias)
         self.activation = activation
 
     @classmethod
@@ -85,12 +101,7 @@ class QuantizedLinear(Module):
         w = _float_weights(module, "Linear")
         q = cls(module.in_features, module.out_features, bias=module.bias is not None,
                 activation=getattr(module, "activation", None))
-        q.weight.data[...], q.weight_scale.data[...] = quantize_per_channel_np(w, axis=0)
-        if module.bias is not None:
-            q.bias.data[...] = module.bias.data
-        if isinstance(getattr(module, "name", None), str):
-            object.__setattr__(q, "name", module.name)
-        return q.train(module.training)
+        return _fill_from(q, module, w)
 
     def forward(self, x):
         if x.shape[-1:] != (self.in_features,):
@@ -136,9 +147,7 @@ class QuantizedConv2d(Module):
         self.padding = padding if isinstance(padding, str) else _pair(padding, "padding")
         self.padding_mode = padding_mode
         shape = (out_channels, in_channels // groups) + self.kernel_size
-        self.register_buffer("weight", Tensor._make(np.zeros(shape, np.int8)))
-        self.register_buffer("weight_scale", Tensor._make(np.ones(out_channels, np.float32)))
-        self.register_buffer("bias", Tensor._make(np.zeros(out_channels, np.float32)) if bias else None)
+        _int8_buffers(self, shape, bias)
         self.activation = activation
 
     @classmethod
@@ -151,12 +160,7 @@ class QuantizedConv2d(Module):
         padding = module.padding_ if isinstance(module, Conv2D) else module.padding
         q = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, padding, module.dilation,
                 module.groups, module.bias is not None, module.padding_mode, getattr(module, "activation", None))
-        q.weight.data[...], q.weight_scale.data[...] = quantize_per_channel_np(w, axis=0)
-        if module.bias is not None:
-            q.bias.data[...] = module.bias.data
-        if isinstance(getattr(module, "name", None), str):
-            object.__setattr__(q, "name", module.name)
-        return q.train(module.training)
+        return _fill_from(q, module, w)
 
     def _pads(self, size):
         """(top, bottom, left, right) zero padding for an input of spatial ``size``."""
