@@ -44,7 +44,7 @@ def full(shape, fill_value, dtype=None, requires_grad=False) -> Tensor:
     if dtype is None:
         dtype = (_dt.bool_ if isinstance(fill_value, (bool, np.bool_)) else
                  _dt.int64 if isinstance(fill_value, (int, np.integer)) else _dt.default_float)
-    size = norm_size((shape,) if isinstance(shape, (int, np.integer)) else (shape,), "full")
+    size = norm_size((shape,), "full")
     return _finish(np.full(size, fill_value, _np_dtype(dtype)), requires_grad)
 
 

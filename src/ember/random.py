@@ -198,12 +198,11 @@ def uniform(low=0.0, high=1.0, size=(), dtype=None, generator=None, requires_gra
     if not low <= high:
         raise ValueError(f"uniform: low must be <= high, got low={low}, high={high}")
     d = _float_dtype(dtype, "uniform")
+    size = norm_size((size,), "uniform")
     if _tracing():
-        t = _random_tensor("uniform64", (size,) if isinstance(size, int) else tuple(size), d,
-                           (float(low), float(high)), generator)
+        t = _random_tensor("uniform64", size, d, (float(low), float(high)), generator)
         return t.requires_grad_(True) if requires_grad else t
-    arr = _below(_gen(generator).uniform(low, high, size=tuple(size) if not isinstance(size, int)
-                                         else (size,)).astype(d), high)
+    arr = _below(_gen(generator).uniform(low, high, size=size).astype(d), high)
     return _finish(arr, requires_grad)
 
 

@@ -160,8 +160,7 @@ def _build(graph, group, uses_outside, in_place, escaping):
         else:
             buffers.append(np.empty(v.shape, v.dtype))
     # an input that is the very state array an output is written into (Adam's m, v, p)
-    aliases = {k: j for k, v in enumerate(inputs) if v.kind == "capture"
-               for j, b in enumerate(buffers) if b is not None and b is v.ref and outputs[j].id in in_place}
+    aliases = {k: j for k, v in enumerate(inputs) if v.kind == "capture" for j, b in enumerate(buffers) if b is v.ref}
     kernel = make_kernel(group["shape"], spec_inputs, exprs, [names[v.id] for v in outputs],
                          [v.dtype for v in outputs], buffers, aliases)
     array_inputs = [v for (_, ishape, _), v in zip(spec_inputs, inputs) if ishape is not None]

@@ -80,6 +80,7 @@ def _where_np(c, a, b):
     if c.size < 4096 or a.dtype != b.dtype or a.dtype.itemsize not in (4, 8) or a.dtype.kind not in "fiu" \
             or c.dtype != np.bool_:
         return np.where(c, a, b)
+    shape = np.broadcast_shapes(c.shape, a.shape, b.shape)
     bits = np.dtype(f"i{a.dtype.itemsize}")
     mask = c.astype(bits)
     np.negative(mask, out=mask)  # True -> all ones
@@ -87,9 +88,7 @@ def _where_np(c, a, b):
     b_bits = b.view(bits)
     if b.size != 1 or b_bits.reshape(-1)[0] != 0:  # b == +0.0 (or 0) adds no bits
         np.invert(mask, out=mask)
-        out = np.bitwise_or(out, np.bitwise_and(b_bits, mask), out=out if out.shape == np.broadcast_shapes(
-            out.shape, mask.shape, b.shape) else None)
-    shape = np.broadcast_shapes(c.shape, a.shape, b.shape)
+        out = np.bitwise_or(out, np.bitwise_and(b_bits, mask), out=out if out.shape == shape else None)
     if out.shape != shape:
         out = np.broadcast_to(out, shape).copy()
     return out.view(a.dtype)

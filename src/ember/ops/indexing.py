@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..autograd.engine import GradMode
+from ..autograd.engine import GradMode, no_grad
 from ..errors import GradError, IndexingError, OpError, ShapeError
 from ..tensor import Tensor
 from .elementwise import where
@@ -197,7 +197,7 @@ def _assigned(x, index, value):
     """``x`` with ``x[index]`` replaced by ``value``, out of place: the gradient reaching ``x``
     is zero at the assigned positions and the rest goes to ``value`` (summed over broadcasting)."""
     template, idx = _norm_index(index)
-    with _no_recording():
+    with no_grad():
         shape = getitem(x.detach(), index).shape
     v = as_tensor(value)
     if v.dtype != x.dtype:
@@ -210,17 +210,9 @@ def _assigned(x, index, value):
                              f"{tuple(shape)} (x has shape {tuple(x.shape)})") from None
         v = v.expand(shape)
     put = index_put(v, idx, template, x.shape, accumulate=False)
-    with _no_recording():
+    with no_grad():
         hit = index_put(Tensor._make(np.ones(shape, dtype=bool)), idx, template, x.shape, accumulate=False)
     return where(hit, put, x)
-
-
-class _no_recording:
-    def __enter__(self):
-        self.prev, GradMode.enabled = GradMode.enabled, False
-
-    def __exit__(self, *exc):
-        GradMode.enabled = self.prev
 
 
 def setitem(x, index, value):

@@ -45,7 +45,7 @@ class Adam(Optimizer):
         t = state["step"]
         if TRACING[0] is None and not group["amsgrad"] and adam_step(
                 type(self).__name__, p, g, state["exp_avg"], state["exp_avg_sq"], step=t, lr=lr, betas=(b1, b2),
-                eps=eps, weight_decay=wd, decoupled=self.decoupled, fused=getattr(self, "fused", None)):
+                eps=eps, weight_decay=wd, decoupled=self.decoupled, fused=self.fused):
             return
         if wd:
             if self.decoupled:
