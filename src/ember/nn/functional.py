@@ -347,9 +347,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if ho <= 0 or wo <= 0:
         raise ShapeError(f"conv2d: the kernel ({kh}, {kw}) with dilation {dilation} is larger "
                          f"than the padded input ({h + 2 * padding[0]}, {w + 2 * padding[1]})")
-    out = conv2d_core(x, weight, stride, padding, dilation, groups)
-    if bias is not None:
-        out = out + bias.reshape(1, o, 1, 1)
+    if bias is not None and (bias.ndim != 1 or bias.shape[0] != o or bias.dtype != x.dtype):
+        out = conv2d_core(x, weight, None, stride, padding, dilation, groups) + bias.reshape(1, o, 1, 1)
+    else:
+        out = conv2d_core(x, weight, bias, stride, padding, dilation, groups)
     return out.squeeze(0) if unbatched else out
 
 

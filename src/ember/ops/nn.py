@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OpError, ShapeError
+from . import threads
 from .helpers import as_tensor, floating, norm_dim
 from .registry import Meta, apply, primitive
 
@@ -209,32 +210,77 @@ def one_hot(x, num_classes=-1):
 
 
 # ---- convolution ----------------------------------------------------------------------
-# conv2d and conv_transpose2d are primitives (a single node each for the compiler and a
-# direct Conv/ConvTranspose for ONNX). Their NumPy forwards are im2col + one batched GEMM;
-# each one's input gradient is the other op, and the weight gradients are GEMMs over unfold,
-# so gradients of any order come from these rules.
+# conv2d, conv_transpose2d and conv2d_weight_grad are primitives (a single node each for the
+# compiler; the first two map to ONNX Conv/ConvTranspose). Each is linear in each input, and
+# each one's gradients are the other two, so gradients of any order come from these rules.
+#
+# The NumPy kernels put several images into one GEMM: a chunk of the batch is laid out as
+# columns (C*kh*kw, B*Ho*Wo), so one (O, C*kh*kw) x (C*kh*kw, B*Ho*Wo) product covers B images
+# (N per-image GEMMs ran at half of BLAS's speed). Chunks are sized to stay in cache, and the
+# batch is split over the cores (threads.py): the copies around each GEMM then run on every
+# core, not just one.
 
 def _conv_geometry(h, w, kernel, stride, padding, dilation):
     return (conv_out_size(h, kernel[0], stride[0], padding[0], dilation[0]),
             conv_out_size(w, kernel[1], stride[1], padding[1], dilation[1]))
 
 
-def _conv2d_np(x, w, stride, padding, dilation, groups):
+def _pad_spatial(x, padding):
+    ph, pw = padding
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+
+
+def _batch_columns(xp, kernel, dilation, stride, out_size):
+    """im2col with the batch inside the columns: padded (B, C, H, W) -> (C*kh*kw, B*Ho*Wo)."""
+    (kh, kw), (dh, dw), (sh, sw), (ho, wo) = kernel, dilation, stride, out_size
+    b, c = xp.shape[:2]
+    s0, s1, s2, s3 = xp.strides
+    windows = np.lib.stride_tricks.as_strided(
+        xp, shape=(c, kh, kw, b, ho, wo), strides=(s1, s2 * dh, s3 * dw, s0, s2 * sh, s3 * sw), writeable=False)
+    return windows.reshape(c * kh * kw, b * ho * wo)
+
+
+def _channels_first(a):
+    """(B, C, H, W) -> (C, B*H*W), the layout of a GEMM operand over several images."""
+    b, c, h, w = a.shape
+    return np.ascontiguousarray(a.reshape(b, c, h * w).transpose(1, 0, 2)).reshape(c, b * h * w)
+
+
+def _grouped(a, groups):
+    """(C, M) -> (groups, C/groups, M), a view."""
+    c, m = a.shape
+    return a.reshape(groups, c // groups, m)
+
+
+def _conv2d_np(x, w, bias=None, *, stride, padding, dilation, groups):
     n = x.shape[0]
     o, cg, kh, kw = w.shape
     ho, wo = _conv_geometry(x.shape[2], x.shape[3], (kh, kw), stride, padding, dilation)
-    cols = _unfold_np(x, (kh, kw), dilation, padding, stride)  # (N, C*kh*kw, L)
-    if groups == 1:
-        out = np.matmul(w.reshape(o, -1), cols)
-    else:
-        out = np.matmul(w.reshape(groups, o // groups, -1), cols.reshape(n, groups, cg * kh * kw, ho * wo))
-    return out.reshape(n, o, ho, wo)
+    xp = _pad_spatial(x, padding)
+    w_mat = w.reshape(groups, o // groups, cg * kh * kw)
+    out = np.empty((n, o, ho, wo), dtype=np.result_type(x.dtype, w.dtype))
+    rows = cg * groups * kh * kw
+
+    def part(lo, hi):
+        for a, b in threads.chunks(lo, hi, threads.chunk_size(rows * ho * wo * x.itemsize)):
+            cols = _batch_columns(xp[a:b], (kh, kw), dilation, stride, (ho, wo))
+            res = np.matmul(w_mat, _grouped(cols, groups)).reshape(o, b - a, ho, wo)  # (O, B, Ho, Wo)
+            if bias is None:
+                out[a:b] = res.transpose(1, 0, 2, 3)
+            else:  # added while the chunk is in cache, instead of another pass over the output
+                np.add(res.transpose(1, 0, 2, 3), bias.reshape(o, 1, 1), out=out[a:b])
+
+    threads.over_batch(n, part, n * o * rows * ho * wo // groups // threads.MACS_PER_ELEMENT)
+    return out
 
 
-def _conv2d_infer(x, w, stride, padding, dilation, groups):
+def _conv2d_infer(x, w, bias=None, *, stride, padding, dilation, groups):
     if len(x.shape) != 4 or len(w.shape) != 4 or x.shape[1] != w.shape[1] * groups:
         raise ShapeError(f"conv2d: input {tuple(x.shape)} and weight {tuple(w.shape)} do not match "
                          f"(groups={groups}): expected (N, C, H, W) and (O, C/groups, kh, kw)")
+    if bias is not None and tuple(bias.shape) != (w.shape[0],):
+        raise ShapeError(f"conv2d: bias has shape {tuple(bias.shape)}, expected ({w.shape[0]},): one per output "
+                         "channel")
     ho, wo = _conv_geometry(x.shape[2], x.shape[3], w.shape[2:], stride, padding, dilation)
     return (x.shape[0], w.shape[0], ho, wo), x.np_dtype
 
@@ -245,26 +291,73 @@ def _output_padding(x_shape, g_shape, w_shape, stride, padding, dilation):
                                    + dilation[i] * (w_shape[2 + i] - 1) + 1) for i in range(2))
 
 
-def _conv2d_grad_x(g, out, x, w, stride, padding, dilation, groups):
+def _conv2d_grad_x(g, out, x, w, bias=None, *, stride, padding, dilation, groups):
     op = _output_padding(x.shape, g.shape, w.shape, stride, padding, dilation)
     return apply(CONV_TRANSPOSE2D, (g, w), dict(stride=stride, padding=padding, output_padding=op,
                                                groups=groups, dilation=dilation))
 
 
-def _conv2d_grad_w(g, out, x, w, stride, padding, dilation, groups):
-    n = x.shape[0]
-    o, cg, kh, kw = w.shape
-    cols = unfold(x, (kh, kw), dilation, padding, stride)  # (N, C*kk, L)
-    length = cols.shape[-1]
-    if groups == 1:
-        gw = (g.reshape(n, o, length) @ cols.mT).sum(0)
-    else:
-        gw = (g.reshape(n, groups, o // groups, length) @ cols.reshape(n, groups, cg * kh * kw, length).mT).sum(0)
-    return gw.reshape(w.shape)
+def _conv2d_grad_w(g, out, x, w, bias=None, *, stride, padding, dilation, groups):
+    return conv2d_weight_grad(g, x, w.shape[2:], stride, padding, dilation, groups)
 
 
-CONV2D = primitive("conv2d", _conv2d_np, (_conv2d_grad_x, _conv2d_grad_w), infer=_conv2d_infer,
+def _conv2d_grad_bias(g, out, x, w, bias, *, stride, padding, dilation, groups):
+    return g.sum((0, 2, 3))
+
+
+# inputs (x, w) or (x, w, bias), as ONNX's Conv
+CONV2D = primitive("conv2d", _conv2d_np, (_conv2d_grad_x, _conv2d_grad_w, _conv2d_grad_bias), infer=_conv2d_infer,
                    saves={0: (1,), 1: (0,)})
+
+
+# conv2d_weight_grad(g, x) is the gradient of conv2d(x, w) with respect to w for an output
+# gradient g: the sum over the batch and positions of g times the input window.
+
+def _weight_grad_np(g, x, kernel, stride, padding, dilation, groups):
+    n, o, ho, wo = g.shape
+    c = x.shape[1]
+    rows = c * kernel[0] * kernel[1]
+    xp = _pad_spatial(x, padding)
+
+    def part(lo, hi):
+        total = np.zeros((groups, o // groups, rows // groups), dtype=np.result_type(g.dtype, x.dtype))
+        for a, b in threads.chunks(lo, hi, threads.chunk_size(rows * ho * wo * x.itemsize)):
+            cols = _batch_columns(xp[a:b], kernel, dilation, stride, (ho, wo))
+            total += np.matmul(_grouped(_channels_first(g[a:b]), groups), _grouped(cols, groups).transpose(0, 2, 1))
+        return total
+
+    partials = threads.over_batch(n, part, n * o * rows * ho * wo // groups // threads.MACS_PER_ELEMENT)
+    total = partials[0]
+    for more in partials[1:]:  # in range order, so the sum does not depend on thread timing
+        total += more
+    return total.reshape(o, c // groups, *kernel)
+
+
+def _weight_grad_infer(g, x, kernel, stride, padding, dilation, groups):
+    want = (x.shape[0], g.shape[1]) + _conv_geometry(x.shape[2], x.shape[3], kernel, stride, padding, dilation)
+    if len(g.shape) != 4 or len(x.shape) != 4 or tuple(g.shape) != want or x.shape[1] % groups:
+        raise ShapeError(f"conv2d_weight_grad: output gradient {tuple(g.shape)} does not match input "
+                         f"{tuple(x.shape)} with kernel {kernel}, stride {stride}, padding {padding}, "
+                         f"dilation {dilation} (expected {want})")
+    return (g.shape[1], x.shape[1] // groups) + tuple(kernel), g.np_dtype
+
+
+def _weight_grad_grad_g(gg, out, g, x, kernel, stride, padding, dilation, groups):
+    return apply(CONV2D, (x, gg), dict(stride=stride, padding=padding, dilation=dilation, groups=groups))
+
+
+def _weight_grad_grad_x(gg, out, g, x, kernel, stride, padding, dilation, groups):
+    return _conv2d_grad_x(g, None, x, gg, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+CONV2D_WEIGHT_GRAD = primitive("conv2d_weight_grad", _weight_grad_np, (_weight_grad_grad_g, _weight_grad_grad_x),
+                               infer=_weight_grad_infer, saves={0: (1,), 1: (0,)})
+
+
+def conv2d_weight_grad(g, x, kernel, stride, padding, dilation, groups):
+    """Gradient of conv2d(x, w) with respect to w, given the output gradient g (N, O, Ho, Wo)."""
+    return apply(CONV2D_WEIGHT_GRAD, (g, x), dict(kernel=tuple(kernel), stride=stride, padding=padding,
+                                                   dilation=dilation, groups=groups))
 
 
 def _conv_t_geometry(h, w, kernel, stride, padding, output_padding, dilation):
@@ -272,14 +365,42 @@ def _conv_t_geometry(h, w, kernel, stride, padding, output_padding, dilation):
                  zip((h, w), kernel, stride, padding, output_padding, dilation))
 
 
+def _add_columns(cols, out, kernel, dilation, stride):
+    """col2im: add each kernel offset's (C, B, H, W) slice of ``cols`` (C, kh, kw, B, H, W) into
+    its shifted, strided place in ``out`` (C, B, Hp, Wp)."""
+    (kh, kw), (dh, dw), (sh, sw) = kernel, dilation, stride
+    h, w = cols.shape[-2:]
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i * dh:i * dh + sh * (h - 1) + 1:sh, j * dw:j * dw + sw * (w - 1) + 1:sw] += cols[:, i, j]
+
+
 def _conv_t_np(x, w, stride, padding, output_padding, groups, dilation):
     n, cin, h, wd = x.shape
     _, cog, kh, kw = w.shape
+    full_pad = tuple(d * (k - 1) - p for d, k, p in zip(dilation, (kh, kw), padding))
+    if stride == (1, 1) and output_padding == (0, 0) and min(full_pad) >= 0:
+        # with stride 1 the transposed convolution is the convolution with the flipped kernel
+        # over the input padded by the kernel's reach: an im2col copy of the chunk is cheaper
+        # than col2im's nine strided read-add-writes
+        flipped = w.reshape(groups, cin // groups, cog, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+        flipped = np.ascontiguousarray(flipped).reshape(groups * cog, cin // groups, kh, kw)
+        return _conv2d_np(x, flipped, stride=(1, 1), padding=full_pad, dilation=dilation, groups=groups)
+    cout = groups * cog
     hout, wout = _conv_t_geometry(h, wd, (kh, kw), stride, padding, output_padding, dilation)
-    xf = x.reshape(n, groups, cin // groups, h * wd)
-    wg = w.reshape(groups, cin // groups, cog * kh * kw).transpose(0, 2, 1)
-    cols = np.matmul(wg, xf).reshape(n, groups * cog * kh * kw, h * wd)
-    return _fold_np(cols, (hout, wout), (kh, kw), dilation, padding, stride)
+    ph, pw = padding
+    w_t = w.reshape(groups, cin // groups, cog * kh * kw).transpose(0, 2, 1)  # (groups, Cout/groups*kk, Cin/groups)
+    out = np.empty((n, cout, hout, wout), dtype=np.result_type(x.dtype, w.dtype))
+
+    def part(lo, hi):
+        for a, b in threads.chunks(lo, hi, threads.chunk_size(cout * kh * kw * h * wd * x.itemsize)):
+            cols = np.matmul(w_t, _grouped(_channels_first(x[a:b]), groups))  # (groups, Cout/groups*kk, B*H*W)
+            full = np.zeros((cout, b - a, hout + 2 * ph, wout + 2 * pw), dtype=out.dtype)
+            _add_columns(cols.reshape(cout, kh, kw, b - a, h, wd), full, (kh, kw), dilation, stride)
+            out[a:b] = full[:, :, ph:ph + hout, pw:pw + wout].transpose(1, 0, 2, 3)
+
+    threads.over_batch(n, part, n * cin * cog * kh * kw * h * wd // threads.MACS_PER_ELEMENT)
+    return out
 
 
 def _conv_t_infer(x, w, stride, padding, output_padding, groups, dilation):
@@ -295,21 +416,18 @@ def _conv_t_grad_x(g, out, x, w, stride, padding, output_padding, groups, dilati
 
 
 def _conv_t_grad_w(g, out, x, w, stride, padding, output_padding, groups, dilation):
-    n, cin = x.shape[:2]
-    _, cog, kh, kw = w.shape
-    cols = unfold(g, (kh, kw), dilation, padding, stride)  # (N, Cout*kk, H*W)
-    length = cols.shape[-1]
-    gw = (x.reshape(n, groups, cin // groups, length) @ cols.reshape(n, groups, cog * kh * kw, length).mT).sum(0)
-    return gw.reshape(w.shape)
+    # conv_transpose2d(., w) is the adjoint of conv2d(., w), whose weight gradient pairs x with g
+    return conv2d_weight_grad(x, g, w.shape[2:], stride, padding, dilation, groups)
 
 
 CONV_TRANSPOSE2D = primitive("conv_transpose2d", _conv_t_np, (_conv_t_grad_x, _conv_t_grad_w),
                              infer=_conv_t_infer, saves={0: (1,), 1: (0,)})
 
 
-def conv2d_core(x, w, stride, padding, dilation, groups):
-    """The convolution without bias, on (N, C, H, W) and (O, C/groups, kh, kw)."""
-    return apply(CONV2D, (x, w), dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+def conv2d_core(x, w, bias, stride, padding, dilation, groups):
+    """The convolution of (N, C, H, W) by (O, C/groups, kh, kw), plus bias (O,) if not None."""
+    inputs = (x, w) if bias is None else (x, w, bias)
+    return apply(CONV2D, inputs, dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
                                       groups=int(groups)))
 
 
@@ -328,7 +446,7 @@ def _conv_pads(padding):
 SOFTMAX.onnx = lambda ctx, n: ctx.emit("Softmax", [ctx.input(n, 0)], axis=n.attrs["dim"])
 LOG_SOFTMAX.onnx = lambda ctx, n: ctx.emit("LogSoftmax", [ctx.input(n, 0)], axis=n.attrs["dim"])
 CONV2D.onnx = lambda ctx, n: ctx.emit(
-    "Conv", [ctx.input(n, 0), ctx.input(n, 1)], kernel_shape=list(n.inputs[1].shape[2:]),
+    "Conv", [ctx.input(n, i) for i in range(len(n.inputs))], kernel_shape=list(n.inputs[1].shape[2:]),
     strides=list(n.attrs["stride"]), pads=_conv_pads(n.attrs["padding"]), dilations=list(n.attrs["dilation"]),
     group=n.attrs["groups"])
 CONV_TRANSPOSE2D.onnx = lambda ctx, n: ctx.emit(

@@ -14,6 +14,7 @@ import weakref
 
 import numpy as np
 
+from . import threads
 from .registry import apply, primitive
 
 
@@ -39,21 +40,26 @@ def _winner(x, kernel, stride, dilation, pads, out_size):
     key = (id(x), kernel, stride, dilation, pads, out_size)
     xp = _padded(x, pads, -np.inf)
     has_nan = x.dtype.kind == "f" and bool(np.isnan(x).any())
-    best = idx = None
-    for k, (rs, cs) in enumerate(_offsets(kernel, stride, dilation, out_size)):
-        v = xp[:, :, rs, cs]
-        if best is None:
-            best = v.copy()
-            idx = np.zeros(best.shape, dtype=np.int16)
-            continue
-        upd = v > best
-        if has_nan:
-            upd |= np.isnan(v)  # as PyTorch's kernel: every NaN takes the window, so the last one wins
-            np.copyto(best, v, where=upd)
-        else:
-            np.maximum(best, v, out=best)
-        # idx = where(upd, k, idx) by arithmetic: masked copies are several times slower here
-        idx -= (idx - np.int16(k)) * upd
+    best = np.empty(x.shape[:2] + tuple(out_size), dtype=x.dtype)
+    idx = np.zeros(best.shape, dtype=np.int16)
+
+    def part(lo, hi):
+        b, k_idx = best[lo:hi], idx[lo:hi]
+        for k, (rs, cs) in enumerate(_offsets(kernel, stride, dilation, out_size)):
+            v = xp[lo:hi, :, rs, cs]
+            if k == 0:
+                np.copyto(b, v)
+                continue
+            upd = v > b
+            if has_nan:
+                upd |= np.isnan(v)  # as PyTorch's kernel: every NaN takes the window, so the last one wins
+                np.copyto(b, v, where=upd)
+            else:
+                np.maximum(b, v, out=b)
+            # idx = where(upd, k, idx) by arithmetic: masked copies are several times slower here
+            k_idx -= (k_idx - np.int16(k)) * upd
+
+    threads.over_batch(x.shape[0], part, 4 * best.size * kernel[0] * kernel[1])  # ~4 passes per offset
     if len(_WINNERS) > 32:
         for stale in [k for k, (ref, _) in _WINNERS.items() if ref() is None]:
             del _WINNERS[stale]
@@ -85,11 +91,16 @@ def _scatter_np(g, x, kernel, stride, dilation, pads, out_size):
     n, c, h, w = x.shape
     out = np.zeros((n, c, h + t + b, w + lf + r), dtype=g.dtype)
     disjoint = all(s >= (k - 1) * d + 1 for k, s, d in zip(kernel, stride, dilation))
-    for k, (rs, cs) in enumerate(_offsets(kernel, stride, dilation, out_size)):
-        if disjoint:  # every input position is in at most one window: write, don't accumulate
-            np.multiply(g, idx == k, out=out[:, :, rs, cs])
-        else:
-            out[:, :, rs, cs] += g * (idx == k)
+
+    def part(lo, hi):
+        for k, (rs, cs) in enumerate(_offsets(kernel, stride, dilation, out_size)):
+            hit = idx[lo:hi] == k
+            if disjoint:  # every input position is in at most one window: write, don't accumulate
+                np.multiply(g[lo:hi], hit, out=out[lo:hi, :, rs, cs])
+            else:
+                out[lo:hi, :, rs, cs] += g[lo:hi] * hit
+
+    threads.over_batch(n, part, 2 * g.size * kernel[0] * kernel[1])
     return out[:, :, t:t + h, lf:lf + w] if (t or b or lf or r) else out
 
 

@@ -1,0 +1,155 @@
+"""ember's CPU threads: batch-parallel NumPy kernels, one thread per core.
+
+NumPy runs copies and elementwise passes on one core, and OpenBLAS threads one GEMM at a
+time. A convolution then leaves the second core idle through its im2col copies and col2im
+adds. Here an op splits its batch into one contiguous range per core; each thread walks its
+range in chunks small enough to stay in its core's cache. NumPy releases the GIL in copies,
+ufuncs and matmul, so the threads run truly in parallel (oneDNN runs PyTorch's convolutions
+the same way). Inside such a region BLAS runs on one thread per worker.
+
+OpenBLAS's own threads must then stay out of the way: by default they spin for about 0.1 s
+after each threaded call, waiting for more work, and on two cores a spinning thread halves
+the speed of the worker it shares a core with (measured: region-parallel convolutions ran
+slower than serial ones). So on first use ember sets OpenBLAS's idle spin to ``SPIN_EXPONENT``
+(``OPENBLAS_THREAD_TIMEOUT``: 2**n cycles, about 0.1 ms) and restarts its thread pool, which
+OpenBLAS re-creates on its next threaded call. A timeout the user set is left as it is.
+
+This needs NumPy's BLAS to be OpenBLAS with its own (pthreads) thread pool, as in NumPy's
+wheels, found through threadpoolctl. With any other BLAS, ember runs one thread and leaves
+BLAS alone. The thread count is BLAS's (``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``), so a
+process limited to one thread stays on one; ``EMBER_NUM_THREADS`` overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+#: below this much work an op runs on the calling thread: handing a range to another thread
+#: and back costs 70-100 us on these VMs. Work is counted in elements passed through a NumPy
+#: loop (about 0.3 ns each); a BLAS multiply-add counts as 1/MACS_PER_ELEMENT of one
+PARALLEL_MIN_WORK = 1 << 20
+MACS_PER_ELEMENT = 8
+#: a chunk's working set (e.g. its im2col columns): small enough to stay in one core's L2 cache
+CHUNK_BYTES = 1 << 20
+#: OpenBLAS's idle spin after a threaded call, 2**n cycles (its default is 2**28, ~0.1 s)
+SPIN_EXPONENT = 18
+
+_STATE: dict = {}
+_REGION = threading.Lock()  # one parallel region at a time: BLAS's thread count is process-wide
+
+
+def _openblas():
+    """ctypes handle of NumPy's OpenBLAS and its (get, set) thread-count functions, if it runs
+    its own (pthreads) thread pool; else None."""
+    try:
+        import ctypes
+
+        import numpy as np
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+    found = [c for c in ThreadpoolController().select(internal_api="openblas").lib_controllers
+             if getattr(c, "threading_layer", None) == "pthreads"]
+    found.sort(key=lambda c: not str(c.filepath).startswith(numpy_dir))  # NumPy's own copy first
+    for controller in found:
+        lib = ctypes.CDLL(controller.filepath)
+        for prefix in ("", "scipy_"):
+            for suffix in ("", "64_", "_64"):
+                get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+                set_ = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+                if get is not None and set_ is not None:
+                    get.restype, get.argtypes = ctypes.c_int, []
+                    set_.restype, set_.argtypes = None, [ctypes.c_int]
+                    return lib, get, set_
+    return None
+
+
+def _shorten_spin(lib) -> bool:
+    """Restart OpenBLAS's thread pool with a short idle spin; False if this OpenBLAS cannot."""
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+        return True  # the user's choice
+    read_env = getattr(lib, "openblas_read_env", None)
+    shutdown = getattr(lib, "blas_thread_shutdown_", None)
+    if read_env is None or shutdown is None:
+        return False
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(SPIN_EXPONENT)
+    read_env()
+    shutdown()  # OpenBLAS starts its threads again, with the new timeout, on its next threaded call
+    return True
+
+
+def _setup():
+    if not _STATE:
+        from concurrent.futures import ThreadPoolExecutor, wait  # here: keeps `import ember` light
+
+        found = _openblas()
+        env = os.environ.get("EMBER_NUM_THREADS")
+        workers = 1
+        if found is not None and found[1]() > 1 or env:
+            workers = int(env) if env else found[1]()
+        if workers > 1 and (found is None or not _shorten_spin(found[0])):
+            workers = 1
+        workers = max(1, min(workers, os.cpu_count() or 1))
+        _STATE.update(blas=found[1:] if found else None, workers=workers, wait=wait,
+                      pool=ThreadPoolExecutor(workers - 1, thread_name_prefix="ember") if workers > 1 else None)
+    return _STATE
+
+
+def workers() -> int:
+    """Threads a batch-parallel op uses."""
+    return _setup()["workers"]
+
+
+class serial_blas:
+    """``with serial_blas():`` BLAS runs on the calling thread only; its setting is restored
+    on exit. A no-op when ember leaves BLAS alone (one worker, or a BLAS it cannot control)."""
+
+    __slots__ = ("saved",)
+
+    def __enter__(self):
+        state = _STATE or _setup()
+        self.saved = 0
+        if state["workers"] > 1:
+            get, set_ = state["blas"]
+            self.saved = get()
+            if self.saved != 1:
+                set_(1)
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved > 1:
+            _STATE["blas"][1](self.saved)
+
+
+def chunk_size(bytes_per_item: int) -> int:
+    """Batch items per chunk so that a chunk's working set is about CHUNK_BYTES."""
+    return max(1, CHUNK_BYTES // max(1, bytes_per_item))
+
+
+def chunks(lo: int, hi: int, size: int):
+    """Consecutive (start, stop) ranges of at most ``size`` covering [lo, hi)."""
+    for a in range(lo, hi, size):
+        yield a, min(a + size, hi)
+
+
+def over_batch(n: int, part, work: int) -> list:
+    """Run ``part(lo, hi)`` over [0, n) split into one contiguous range per worker, BLAS on one
+    thread, and return the results in range order. ``work`` is the op's total work: below
+    PARALLEL_MIN_WORK, or inside another region, ``part(0, n)`` runs on the calling thread."""
+    state = _STATE or _setup()
+    k = min(state["workers"], n)
+    if k < 2 or work < PARALLEL_MIN_WORK or not _REGION.acquire(blocking=False):
+        return [part(0, n)]
+    try:
+        with serial_blas():
+            bounds = [(i * n // k, (i + 1) * n // k) for i in range(k)]
+            futures = [state["pool"].submit(part, lo, hi) for lo, hi in bounds[1:]]
+            try:
+                first = part(*bounds[0])
+            finally:  # the region (and BLAS's limit) lasts until every worker is done
+                state["wait"](futures)
+            return [first] + [f.result() for f in futures]
+    finally:
+        _REGION.release()

@@ -1,0 +1,163 @@
+"""ember's batch-parallel kernels (ember/ops/threads.py): the region itself, and every op that
+splits its batch over threads, run split into several ranges and chunks and checked against
+PyTorch."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import ember as em
+import ember.nn.functional as F
+from ember.ops import threads
+from opcheck import check
+
+
+@pytest.fixture
+def split_everything(monkeypatch):
+    """Every op goes parallel, one batch item per chunk: the ranges and chunk seams are exercised
+    even on the tests' small inputs."""
+    monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(threads, "CHUNK_BYTES", 1)
+
+
+def P(x):
+    return F if isinstance(x, em.Tensor) else TF
+
+
+# ---- the region ---------------------------------------------------------------------------
+
+def test_over_batch_covers_the_batch_once_in_order_on_every_worker(split_everything):
+    seen, idents = [], set()
+
+    def part(lo, hi):
+        idents.add(threading.get_ident())
+        seen.extend(range(lo, hi))
+        return (lo, hi)
+
+    ranges = threads.over_batch(7, part, 1)
+    assert sorted(seen) == list(range(7))
+    assert [r[0] for r in ranges] == sorted(r[0] for r in ranges) and ranges[0][0] == 0 and ranges[-1][1] == 7
+    assert len(idents) == min(threads.workers(), 7)
+
+
+def test_small_work_and_nested_regions_run_inline(monkeypatch):
+    caller = threading.get_ident()
+    assert threads.over_batch(8, lambda lo, hi: (lo, hi, threading.get_ident()), threads.PARALLEL_MIN_WORK - 1) \
+        == [(0, 8, caller)]
+    monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
+
+    def outer(lo, hi):  # a region inside a region must not wait for the pool it is running on
+        return threads.over_batch(hi - lo, lambda a, b: (a, b), 1)
+
+    assert all(inner == [(0, hi - lo)] for inner, (lo, hi) in
+               zip(threads.over_batch(6, outer, 1), [(0, 6)] if threads.workers() == 1 else [(0, 3), (3, 6)]))
+
+
+def test_blas_thread_count_is_restored_after_a_region_and_after_a_failure(split_everything):
+    state = threads._setup()
+    if state["blas"] is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS ember can control: ember leaves it alone")
+    get, _ = state["blas"]
+    before = get()
+    inside = []
+    threads.over_batch(4, lambda lo, hi: inside.append(get()), 1)
+    assert get() == before
+    if threads.workers() > 1:
+        assert set(inside) == {1}
+
+    def fails(lo, hi):
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        threads.over_batch(4, fails, 1)
+    assert get() == before
+    assert threads.over_batch(4, lambda lo, hi: hi - lo, 1)  # the region lock was released
+
+
+def test_a_user_set_openblas_timeout_is_kept(monkeypatch):
+    class Lib:  # stands in for the ctypes library: nothing may be called on it
+        def __getattr__(self, name):
+            raise AssertionError(f"called {name}")
+
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "7")
+    assert threads._shorten_spin(Lib())
+    import os
+
+    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "7"
+
+
+# ---- the ops, split -----------------------------------------------------------------------
+
+CONV_CASES = [  # batch 5: uneven ranges, one image per chunk
+    ((5, 3, 6, 5), (4, 3, 3, 3), dict(padding=1)),
+    ((5, 4, 7, 6), (6, 2, 3, 2), dict(stride=2, padding=(1, 0), groups=2)),
+    ((5, 2, 8, 8), (3, 2, 3, 3), dict(dilation=2, padding=1)),
+]
+
+
+@pytest.mark.parametrize("xs,ws,kw", CONV_CASES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv2d_split_matches_torch(split_everything, xs, ws, kw, bias):
+    f = lambda x, w, b=None: P(x).conv2d(x, w, b, **kw)
+    check(f, f, [xs, ws] + ([(ws[0],)] if bias else []))
+
+
+CONVT_CASES = [
+    ((5, 3, 4, 5), (3, 2, 3, 3), dict(padding=1)),                                # stride 1: flipped conv
+    ((5, 4, 3, 3), (4, 3, 2, 2), dict(stride=2, groups=2, output_padding=1)),     # col2im
+    ((5, 2, 4, 4), (2, 2, 3, 3), dict(dilation=2, padding=3)),                    # padding past the kernel's reach
+]
+
+
+@pytest.mark.parametrize("xs,ws,kw", CONVT_CASES)
+def test_conv_transpose2d_split_matches_torch(split_everything, xs, ws, kw):
+    f = lambda x, w: P(x).conv_transpose2d(x, w, **kw)
+    check(f, f, [xs, ws])
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1)])
+def test_max_pool_split_matches_torch(split_everything, kw):
+    f = lambda x: P(x).max_pool2d(x, **kw)
+    check(f, f, [(5, 3, 7, 6)])
+
+
+def test_split_conv_training_step_equals_unsplit(monkeypatch):
+    """A whole CNN step split into chunks and threads gives the unsplit step's values."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 2, 10, 10)).astype(np.float32)
+
+    def step():
+        em.manual_seed(0)
+        model = em.nn.Sequential(em.nn.Conv2d(2, 4, 3, padding=1), em.nn.ReLU(), em.nn.MaxPool2d(2),
+                                 em.nn.Conv2d(4, 3, 3), em.nn.Flatten())
+        loss = (model(em.tensor(x)) ** 2).sum()
+        loss.backward()
+        return [loss.item()] + [p.grad.numpy() for p in model.parameters()]
+
+    whole = step()
+    monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(threads, "CHUNK_BYTES", 1)
+    split = step()
+    for a, b in zip(whole, split):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+# ---- conv2d_weight_grad: its own gradients (second order through the weight gradient) --------
+
+def test_weight_gradient_is_differentiable_in_both_inputs():
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, 3, 3))
+    g = rng.standard_normal((2, 4, 3, 3))
+    r = rng.standard_normal(w.shape)
+    res = []
+    for lib, fn, grad in [(em, F.conv2d, em.autograd.grad), (torch, TF.conv2d, torch.autograd.grad)]:
+        xt, wt, gt = (lib.tensor(a, requires_grad=True) for a in (x, w, g))
+        y = fn(xt, wt, stride=2, padding=1)
+        (gw,) = grad(y, [wt], grad_outputs=gt, create_graph=True)
+        gx2, gg2 = grad((gw * lib.tensor(r)).sum(), [xt, gt])
+        res.append((gw.detach().numpy(), gx2.numpy(), gg2.numpy()))
+    for a, b in zip(*res):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
