@@ -11,6 +11,7 @@ import torch.nn.functional as TF
 
 import ember as em
 import ember.nn.functional as F
+from ember.ops import nn as nn_ops
 from ember.ops import threads
 from opcheck import check
 
@@ -21,6 +22,12 @@ def split_everything(monkeypatch):
     even on the tests' small inputs."""
     monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(threads, "CHUNK_BYTES", 1)
+
+
+@pytest.fixture(params=["batch_columns", "per_image"])
+def layout(request, monkeypatch):
+    """Both im2col layouts of the convolutions, whatever the case's size would pick."""
+    monkeypatch.setattr(nn_ops, "PER_IMAGE_MAX_ROWS", 0 if request.param == "batch_columns" else 1 << 30)
 
 
 def P(x):
@@ -100,7 +107,7 @@ CONV_CASES = [  # batch 5: uneven ranges, one image per chunk
 
 @pytest.mark.parametrize("xs,ws,kw", CONV_CASES)
 @pytest.mark.parametrize("bias", [False, True])
-def test_conv2d_split_matches_torch(split_everything, xs, ws, kw, bias):
+def test_conv2d_split_matches_torch(split_everything, layout, xs, ws, kw, bias):
     f = lambda x, w, b=None: P(x).conv2d(x, w, b, **kw)
     check(f, f, [xs, ws] + ([(ws[0],)] if bias else []))
 
@@ -113,7 +120,7 @@ CONVT_CASES = [
 
 
 @pytest.mark.parametrize("xs,ws,kw", CONVT_CASES)
-def test_conv_transpose2d_split_matches_torch(split_everything, xs, ws, kw):
+def test_conv_transpose2d_split_matches_torch(split_everything, layout, xs, ws, kw):
     f = lambda x, w: P(x).conv_transpose2d(x, w, **kw)
     check(f, f, [xs, ws])
 
@@ -124,7 +131,7 @@ def test_max_pool_split_matches_torch(split_everything, kw):
     check(f, f, [(5, 3, 7, 6)])
 
 
-def test_split_conv_training_step_equals_unsplit(monkeypatch):
+def test_split_conv_training_step_equals_unsplit(monkeypatch, layout):
     """A whole CNN step split into chunks and threads gives the unsplit step's values."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 2, 10, 10)).astype(np.float32)
@@ -147,7 +154,7 @@ def test_split_conv_training_step_equals_unsplit(monkeypatch):
 
 # ---- conv2d_weight_grad: its own gradients (second order through the weight gradient) --------
 
-def test_weight_gradient_is_differentiable_in_both_inputs():
+def test_weight_gradient_is_differentiable_in_both_inputs(layout):
     rng = np.random.default_rng(3)
     x, w = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, 3, 3))
     g = rng.standard_normal((2, 4, 3, 3))

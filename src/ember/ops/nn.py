@@ -240,6 +240,21 @@ def _batch_columns(xp, kernel, dilation, stride, out_size):
     return windows.reshape(c * kh * kw, b * ho * wo)
 
 
+def _image_columns(xp, kernel, dilation, stride, out_size):
+    """im2col per image, as F.unfold: padded (B, C, H, W) -> (B, C*kh*kw, Ho*Wo)."""
+    (kh, kw), (dh, dw), (sh, sw), (ho, wo) = kernel, dilation, stride, out_size
+    b, c = xp.shape[:2]
+    s0, s1, s2, s3 = xp.strides
+    windows = np.lib.stride_tricks.as_strided(
+        xp, shape=(b, c, kh, kw, ho, wo), strides=(s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw), writeable=False)
+    return windows.reshape(b, c * kh * kw, ho * wo)
+
+
+#: with at most this many rows (C/groups*kh*kw) the GEMMs are tiny and the work is moving
+#: memory: per-image products then write NCHW directly, without the batch-column transposes
+PER_IMAGE_MAX_ROWS = 64
+
+
 def _channels_first(a):
     """(B, C, H, W) -> (C, B*H*W), the layout of a GEMM operand over several images."""
     b, c, h, w = a.shape
@@ -260,9 +275,17 @@ def _conv2d_np(x, w, bias=None, *, stride, padding, dilation, groups):
     w_mat = w.reshape(groups, o // groups, cg * kh * kw)
     out = np.empty((n, o, ho, wo), dtype=np.result_type(x.dtype, w.dtype))
     rows = cg * groups * kh * kw
+    per_image = cg * kh * kw <= PER_IMAGE_MAX_ROWS
 
     def part(lo, hi):
         for a, b in threads.chunks(lo, hi, threads.chunk_size(rows * ho * wo * x.itemsize)):
+            if per_image:
+                cols = _image_columns(xp[a:b], (kh, kw), dilation, stride, (ho, wo))
+                np.matmul(w_mat, cols.reshape(b - a, groups, cg * kh * kw, ho * wo),
+                          out=out[a:b].reshape(b - a, groups, o // groups, ho * wo))
+                if bias is not None:
+                    out[a:b] += bias.reshape(o, 1, 1)
+                continue
             cols = _batch_columns(xp[a:b], (kh, kw), dilation, stride, (ho, wo))
             res = np.matmul(w_mat, _grouped(cols, groups)).reshape(o, b - a, ho, wo)  # (O, B, Ho, Wo)
             if bias is None:
@@ -319,9 +342,16 @@ def _weight_grad_np(g, x, kernel, stride, padding, dilation, groups):
     rows = c * kernel[0] * kernel[1]
     xp = _pad_spatial(x, padding)
 
+    per_image = rows // groups <= PER_IMAGE_MAX_ROWS
+
     def part(lo, hi):
         total = np.zeros((groups, o // groups, rows // groups), dtype=np.result_type(g.dtype, x.dtype))
         for a, b in threads.chunks(lo, hi, threads.chunk_size(rows * ho * wo * x.itemsize)):
+            if per_image:
+                cols = _image_columns(xp[a:b], kernel, dilation, stride, (ho, wo))
+                total += np.matmul(g[a:b].reshape(b - a, groups, o // groups, ho * wo),
+                                   cols.reshape(b - a, groups, rows // groups, ho * wo).transpose(0, 1, 3, 2)).sum(0)
+                continue
             cols = _batch_columns(xp[a:b], kernel, dilation, stride, (ho, wo))
             total += np.matmul(_grouped(_channels_first(g[a:b]), groups), _grouped(cols, groups).transpose(0, 2, 1))
         return total
