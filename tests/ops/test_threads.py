@@ -131,6 +131,21 @@ def test_max_pool_split_matches_torch(split_everything, kw):
     check(f, f, [(5, 3, 7, 6)])
 
 
+def test_relu_and_its_gradient_split_match_torch(split_everything):
+    x = np.random.default_rng(2).standard_normal((5, 40, 30)).astype(np.float32)
+    x[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    g = np.full(x.shape, np.nan, np.float32)  # where(out > 0, g, 0) must give 0, not NaN * 0, where out <= 0
+    res = []
+    for lib in (em, torch):
+        t = lib.tensor(x, requires_grad=True)
+        y = lib.relu(t)
+        y.backward(lib.tensor(g))
+        res.append((y.detach().numpy(), t.grad.numpy()))
+    np.testing.assert_array_equal(res[0][0], res[1][0])
+    np.testing.assert_array_equal(np.isnan(res[0][1]), x > 0)
+    np.testing.assert_array_equal(res[0][1][~(x > 0)], 0)
+
+
 def test_split_conv_training_step_equals_unsplit(monkeypatch, layout):
     """A whole CNN step split into chunks and threads gives the unsplit step's values."""
     rng = np.random.default_rng(0)

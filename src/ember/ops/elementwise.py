@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import OpError
 from ..tensor import Tensor
+from . import threads
 from .helpers import NO_ATTRS, as_tensor, broadcast_shapes, cast, const, floating, pair
 from .registry import apply, primitive
 
@@ -76,22 +77,42 @@ def _tie_mask(a, b):
 def _where_np(c, a, b):
     """np.where, branch-free for large float/int arrays of one dtype: NumPy's loop branches per
     element, which costs ~6x more on the random masks of ReLU gradients and dropout. Selecting
-    bit patterns with an all-ones/all-zeros mask gives exactly np.where's values (NaN included)."""
+    bit patterns with an all-ones/all-zeros mask gives exactly np.where's values (NaN included).
+    Large same-shape selections run in batch ranges on ember's threads."""
     if c.size < 4096 or a.dtype != b.dtype or a.dtype.itemsize not in (4, 8) or a.dtype.kind not in "fiu" \
             or c.dtype != np.bool_:
         return np.where(c, a, b)
     shape = np.broadcast_shapes(c.shape, a.shape, b.shape)
+    if c.shape == a.shape == shape and b.size == 1 and len(shape) > 1 \
+            and 4 * c.size >= threads.PARALLEL_MIN_WORK:
+        out = np.empty(shape, a.dtype)
+        threads.over_batch(shape[0], lambda lo, hi: _select_bits(c[lo:hi], a[lo:hi], b, out[lo:hi]),
+                           4 * c.size)  # about four passes
+        return out
+    return _select_bits(c, a, b)
+
+
+def _select_bits(c, a, b, out=None):
     bits = np.dtype(f"i{a.dtype.itemsize}")
+    shape = np.broadcast_shapes(c.shape, a.shape, b.shape)
     mask = c.astype(bits)
     np.negative(mask, out=mask)  # True -> all ones
-    out = np.bitwise_and(a.view(bits), mask)
+    res = np.bitwise_and(a.view(bits), mask, out=None if out is None else out.view(bits))
     b_bits = b.view(bits)
     if b.size != 1 or b_bits.reshape(-1)[0] != 0:  # b == +0.0 (or 0) adds no bits
         np.invert(mask, out=mask)
-        out = np.bitwise_or(out, np.bitwise_and(b_bits, mask), out=out if out.shape == shape else None)
-    if out.shape != shape:
-        out = np.broadcast_to(out, shape).copy()
-    return out.view(a.dtype)
+        res = np.bitwise_or(res, np.bitwise_and(b_bits, mask), out=res if res.shape == shape else None)
+    if res.shape != shape:
+        res = np.broadcast_to(res, shape).copy()
+    return res.view(a.dtype)
+
+
+def _relu_np(x):
+    if x.size < threads.PARALLEL_MIN_WORK or x.ndim < 2:
+        return np.maximum(x, 0)
+    out = np.empty_like(x)  # large: in batch ranges on ember's threads
+    threads.over_batch(x.shape[0], lambda lo, hi: np.maximum(x[lo:hi], 0, out=out[lo:hi]), x.size)
+    return out
 
 
 WHERE = primitive(
@@ -132,7 +153,7 @@ def _sigmoid_np(x):
 
 SIGMOID = primitive("sigmoid", _sigmoid_np, (lambda g, out, x: g * out * (1 - out),),
                     infer=same_infer, saves=(), uses_out=True)
-RELU = primitive("relu", lambda x: np.maximum(x, 0),
+RELU = primitive("relu", _relu_np,
                  (lambda g, out, x: where(out > 0, g, 0),), infer=same_infer, saves=(),
                  uses_out=True)
 LEAKY_RELU = primitive(
