@@ -65,8 +65,9 @@ def _grad_b(g, out, a, b):
 def _matmul_np(a, b):
     """np.matmul, but a stack of matrices times one matrix is a single GEMM: NumPy would call
     BLAS once per matrix of the stack, which is slower for the short matrices of a (B, T, C)
-    activation."""
-    if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous and a.size:
+    activation. A strided stack (a transposed (T, B, C) sequence) is copied into one matrix
+    first: the copy costs far less than T small GEMMs."""
+    if a.ndim > 2 and b.ndim == 2 and a.size:
         return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
     return np.matmul(a, b)
 

@@ -13,6 +13,7 @@ import math
 from ... import creation
 from ...errors import ShapeError
 from ...ops import movement as mv
+from ...ops.rnn import lstm_sequence
 from .. import functional as F
 from .. import init
 from ..module import Module, Parameter
@@ -91,6 +92,10 @@ class RNNBase(Module):
             xp = F.linear(x, w_ih, b_ih)
         else:  # both biases enter additively: fold them into the input projection
             xp = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
+        if self.mode == "LSTM" and x.shape[0]:  # one fused primitive for the whole recurrence (ops/rnn.py)
+            packed = lstm_sequence(xp, h0, c0, w_hh, reverse=bool(suffix))
+            last = 0 if suffix else x.shape[0] - 1
+            return packed[:, :, 0], packed[last, :, 0], packed[last, :, 1]
         h, c = h0, c0
         outs = [None] * x.shape[0]
         for t in steps:

@@ -1,0 +1,209 @@
+"""The LSTM recurrence as one primitive, as PyTorch's fused LSTM: ``lstm_sequence``.
+
+Written with ember's elementwise ops, an LSTM layer is ~15 nodes per time step; its backward
+then sums one (4H, N) x (N, H) weight-gradient GEMM per step and runs the cell's dozen
+elementwise passes per step as separate NumPy calls. Here the whole recurrence is one node:
+
+  forward   per step one GEMM ``h @ w_hh.T`` and a few in-place NumPy passes for the cell;
+  backward  per step one numba loop for the cell's gradient and one GEMM ``dgates @ w_hh``;
+            the weight gradient is a single GEMM over all steps afterwards.
+
+Inputs: ``xp`` (L, N, 4H), the input projection with both biases (computed by the layer
+with one matmul), ``h0`` and ``c0`` (N, H), ``w_hh`` (4H, H); gate order i, f, g, o
+(PyTorch's). The output packs, per step, ``h, c, i, f, g, o`` as (L, N, 6, H): the layer
+reads h (and c at the last step); the gate activations are what the backward needs. The
+backward is the primitive ``lstm_sequence_grad``, whose result packs the four gradients in
+one flat array; it has no derivative itself (as cuDNN's fused LSTM), and asking for one
+raises. ``reverse=True`` runs the steps from L-1 down to 0 (a bidirectional layer's second
+direction).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd.engine import GradMode
+from ..errors import OpError, ShapeError
+from .registry import Meta, apply, primitive
+
+_SOURCE = '''# ember LSTM cell kernels (format 2)
+import numba
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def cell_backward(g_out, out, c_prev, tanh_c, dh_next, dc_next, dgates):
+    # no transcendental functions here: numba would call libm per element (unvectorized);
+    # tanh(c) comes from NumPy's SIMD loop
+    n, hs = c_prev.shape
+    for a in range(n):
+        for j in range(hs):
+            i = out[a, 2, j]
+            f = out[a, 3, j]
+            g = out[a, 4, j]
+            o = out[a, 5, j]
+            tc = tanh_c[a, j]
+            dh = g_out[a, 0, j] + dh_next[a, j]
+            dc = g_out[a, 1, j] + dc_next[a, j] + dh * o * (1.0 - tc * tc)
+            do = dh * tc + g_out[a, 5, j]
+            di = dc * g + g_out[a, 2, j]
+            dg = dc * i + g_out[a, 4, j]
+            df = dc * c_prev[a, j] + g_out[a, 3, j]
+            dc_next[a, j] = dc * f
+            dgates[a, j] = di * i * (1.0 - i)
+            dgates[a, hs + j] = df * f * (1.0 - f)
+            dgates[a, 2 * hs + j] = dg * (1.0 - g * g)
+            dgates[a, 3 * hs + j] = do * o * (1.0 - o)
+'''
+
+_KERNELS = None
+
+
+def _kernels():
+    global _KERNELS
+    if _KERNELS is None:
+        from ..compiler.kernels import load_kernel_module
+
+        _KERNELS = load_kernel_module(_SOURCE)
+    return _KERNELS
+
+
+def _order(length, reverse):
+    return range(length - 1, -1, -1) if reverse else range(length)
+
+
+def _cell_forward(pre, c_prev, out_t, tmp):
+    """One step's gates and state from pre-activations ``pre`` (N, 4H) into ``out_t`` (N, 6, H),
+    with NumPy's SIMD exp and tanh (numba's are scalar libm calls)."""
+    n, gates = pre.shape
+    hs = gates // 4
+    act = out_t[:, 2:]  # (N, 4, H): i, f, g, o
+    pre3 = pre.reshape(n, 4, hs)
+    np.negative(pre3, out=act)
+    np.exp(act, out=act)
+    act += 1
+    np.reciprocal(act, out=act)  # sigmoid of all four; g is replaced by its tanh next
+    np.tanh(pre3[:, 2], out=act[:, 2])
+    c, h = out_t[:, 1], out_t[:, 0]
+    np.multiply(act[:, 1], c_prev, out=c)
+    np.multiply(act[:, 0], act[:, 2], out=tmp)
+    c += tmp
+    np.tanh(c, out=h)
+    h *= act[:, 3]
+
+
+def _sequence_np(xp, h0, c0, w_hh, reverse):
+    length, n, gates = xp.shape
+    hs = gates // 4
+    dtype = np.result_type(xp.dtype, w_hh.dtype)
+    out = np.empty((length, n, 6, hs), dtype=dtype)
+    w_t = np.ascontiguousarray(w_hh.T)  # BLAS is a third faster on it than on the transposed view
+    h, c = h0, c0
+    pre = np.empty((n, gates), dtype=dtype)
+    tmp = np.empty((n, hs), dtype=dtype)
+    for t in _order(length, reverse):
+        np.matmul(h, w_t, out=pre)
+        pre += xp[t]
+        _cell_forward(pre, c, out[t], tmp)
+        h, c = out[t, :, 0], out[t, :, 1]
+    return out
+
+
+def _grad_np(g_out, out, h0, c0, w_hh, reverse):
+    length, n, _, hs = out.shape
+    dtype = out.dtype
+    g_out = np.ascontiguousarray(g_out, dtype=dtype)
+    cell = _kernels().cell_backward
+    dgates = np.empty((length, n, 4 * hs), dtype=dtype)
+    dh = np.zeros((n, hs), dtype=dtype)
+    dc = np.zeros((n, hs), dtype=dtype)
+    tanh_c = np.empty((n, hs), dtype=dtype)
+    steps = list(_order(length, reverse))
+    prev_h = np.empty((length, n, hs), dtype=dtype)  # the h each step read
+    for k, t in enumerate(steps):
+        prev_h[t] = h0 if k == 0 else out[steps[k - 1], :, 0]
+    for k in range(length - 1, -1, -1):
+        t = steps[k]
+        c_prev = np.ascontiguousarray(c0, dtype=dtype) if k == 0 else out[steps[k - 1], :, 1]
+        np.tanh(out[t, :, 1], out=tanh_c)
+        cell(g_out[t], out[t], c_prev, tanh_c, dh, dc, dgates[t])
+        np.matmul(dgates[t], w_hh, out=dh)
+    flat = dgates.reshape(length * n, 4 * hs)
+    d_w = flat.T @ prev_h.reshape(length * n, hs)
+    return np.concatenate([dgates.reshape(-1), dh.reshape(-1), dc.reshape(-1), d_w.reshape(-1)])
+
+
+def _sequence_infer(xp, h0, c0, w_hh, reverse):
+    if len(xp.shape) != 3 or xp.shape[2] % 4:
+        raise ShapeError(f"lstm_sequence: input projection must be (L, N, 4*H), got {tuple(xp.shape)}")
+    length, n, gates = xp.shape
+    hs = gates // 4
+    for name, t, want in (("h0", h0, (n, hs)), ("c0", c0, (n, hs)), ("w_hh", w_hh, (gates, hs))):
+        if tuple(t.shape) != want:
+            raise ShapeError(f"lstm_sequence: {name} has shape {tuple(t.shape)}, expected {want} for an "
+                             f"input projection of shape {tuple(xp.shape)}")
+    dtypes = {xp.np_dtype, h0.np_dtype, c0.np_dtype, w_hh.np_dtype}
+    if len(dtypes) != 1 or xp.np_dtype.kind != "f":
+        raise OpError(f"lstm_sequence: inputs must share one floating dtype, got {sorted(map(str, dtypes))}")
+    return (length, n, 6, hs), xp.np_dtype
+
+
+def _grad_infer(g_out, out, h0, c0, w_hh, reverse):
+    length, n, _, hs = out.shape
+    return (length * n * 4 * hs + 2 * n * hs + 4 * hs * hs,), out.np_dtype
+
+
+LSTM_SEQUENCE_GRAD = primitive("lstm_sequence_grad", _grad_np, infer=_grad_infer)
+
+
+def _sequence_vjp(g, out, needs, xp, h0, c0, w_hh, reverse):
+    if GradMode.enabled:
+        raise OpError("lstm_sequence: the fused LSTM recurrence has no second derivative (create_graph=True "
+                      "through an LSTM layer); differentiate through nn.LSTMCell steps instead")
+    length, n, _, hs = out.shape
+    flat = apply(LSTM_SEQUENCE_GRAD, (g, out, h0, c0, w_hh), {"reverse": reverse})
+    sizes = [length * n * 4 * hs, n * hs, n * hs, 4 * hs * hs]
+    shapes = [(length, n, 4 * hs), (n, hs), (n, hs), (4 * hs, hs)]
+    grads, start = [], 0
+    for need, size, shape in zip(needs, sizes, shapes):
+        grads.append(flat[start:start + size].reshape(shape) if need else None)
+        start += size
+    return grads
+
+
+LSTM_SEQUENCE = primitive("lstm_sequence", _sequence_np, vjp=_sequence_vjp, infer=_sequence_infer,
+                          saves=(1, 2, 3), uses_out=True)
+
+
+def lstm_sequence(xp, h0, c0, w_hh, reverse=False):
+    """The LSTM recurrence over (L, N, 4H) input projections -> (L, N, 6, H) packed h, c, i, f,
+    g, o per step (see the module docstring)."""
+    _sequence_infer(*(Meta(t.shape, t.data.dtype) for t in (xp, h0, c0, w_hh)), reverse)  # clear errors first
+    return apply(LSTM_SEQUENCE, (xp, h0, c0, w_hh), {"reverse": bool(reverse)})
+
+
+# ---- ONNX: the recurrence unrolled into basic operators (its packed output has no ONNX LSTM
+# equivalent, which returns only the last cell state) ---------------------------------------
+
+def _onnx_sequence(ctx, n):
+    length, _, gates = n.inputs[0].shape
+    hs = gates // 4
+    xp, h, c, w = (ctx.input(n, k) for k in range(4))
+    w_t = ctx.emit("Transpose", [w], perm=[1, 0])
+    split = ctx.ints([hs] * 4, "gate_sizes")
+    steps = {}
+    for t in _order(length, n.attrs["reverse"]):
+        x_t = ctx.emit("Gather", [xp, ctx.ints([t], "step")], axis=0)  # (1, N, 4H)
+        x_t = ctx.emit("Squeeze", [x_t, ctx.ints([0], "axis")])
+        pre = ctx.emit("Add", [x_t, ctx.emit("MatMul", [h, w_t])])
+        i, f, g, o = ctx.emit("Split", [pre, split], outputs=4, axis=1)
+        i, f, o = (ctx.emit("Sigmoid", [v]) for v in (i, f, o))
+        g = ctx.emit("Tanh", [g])
+        c = ctx.emit("Add", [ctx.emit("Mul", [f, c]), ctx.emit("Mul", [i, g])])
+        h = ctx.emit("Mul", [o, ctx.emit("Tanh", [c])])
+        packed = ctx.emit("Concat", [ctx.emit("Unsqueeze", [v, ctx.ints([1], "axis")]) for v in (h, c, i, f, g, o)],
+                          axis=1)  # (N, 6, H)
+        steps[t] = ctx.emit("Unsqueeze", [packed, ctx.ints([0], "axis")])
+    return ctx.emit("Concat", [steps[t] for t in range(length)], axis=0)
+
+
+LSTM_SEQUENCE.onnx = _onnx_sequence

@@ -1,0 +1,103 @@
+"""The fused LSTM recurrence (ember/ops/rnn.py) against PyTorch's LSTM and finite differences."""
+
+import numpy as np
+import pytest
+import torch
+
+import ember as em
+from ember.ops.rnn import lstm_sequence
+from opcheck import check_fd
+
+
+def _inputs(rng, length=5, n=3, hs=4, dtype=np.float64):
+    return [rng.standard_normal(s).astype(dtype) for s in ((length, n, 4 * hs), (n, hs), (n, hs), (4 * hs, hs))]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_every_output_slot_has_the_finite_difference_gradient(reverse):
+    """Gradients through h, c and the saved gate activations, for all four inputs."""
+    rng = np.random.default_rng(0)
+    check_fd(lambda xp, h0, c0, w: lstm_sequence(xp, h0, c0, w, reverse=reverse), _inputs(rng))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_matches_torch_lstm_step_by_step(reverse):
+    rng = np.random.default_rng(1)
+    xp, h0, c0, w = _inputs(rng, dtype=np.float32)
+    g = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    ours = [em.tensor(a, requires_grad=True) for a in (xp, h0, c0, w)]
+    packed = lstm_sequence(*ours, reverse=reverse)
+    (packed[:, :, 0] * em.tensor(g)).sum().backward()
+    theirs = [torch.tensor(a, requires_grad=True) for a in (xp, h0, c0, w)]
+    h, c, hs = theirs[1], theirs[2], []
+    for t in (range(4, -1, -1) if reverse else range(5)):
+        i, f, gg, o = (theirs[0][t] + h @ theirs[3].T).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        hs.append((t, h, c))
+    out = torch.stack([h for _, h, _ in sorted(hs, key=lambda e: e[0])])
+    (out * torch.tensor(g)).sum().backward()
+    np.testing.assert_allclose(packed[:, :, 0].detach().numpy(), out.detach().numpy(), rtol=1e-5, atol=1e-6)
+    last = 0 if reverse else 4
+    np.testing.assert_allclose(packed[last, :, 1].detach().numpy(), c.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_lstm_layers_train_like_torch():
+    """A 2-layer bidirectional LSTM: outputs, final states and every weight's gradient."""
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True, batch_first=True)
+    ours = em.nn.LSTM(3, 5, num_layers=2, bidirectional=True, batch_first=True)
+    ours.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
+    x = np.random.default_rng(2).standard_normal((2, 7, 3)).astype(np.float32)
+    out_t, (h_t, c_t) = ref(torch.tensor(x))
+    out_e, (h_e, c_e) = ours(em.tensor(x))
+    (out_t.sum() + h_t.pow(2).sum() + c_t.sum()).backward()
+    (out_e.sum() + (h_e ** 2).sum() + c_e.sum()).backward()
+    for a, b in ((out_e, out_t), (h_e, h_t), (c_e, c_t)):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5, atol=1e-6)
+    grads = dict(ours.named_parameters())
+    for name, p in ref.named_parameters():
+        np.testing.assert_allclose(grads[name].grad.numpy(), p.grad.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_second_derivative_is_refused_clearly():
+    lstm = em.nn.LSTM(2, 3)
+    x = em.randn(4, 1, 2, requires_grad=True)
+    out, _ = lstm(x)
+    with pytest.raises(em.OpError, match="no second derivative"):
+        em.autograd.grad(out.sum(), [x], create_graph=True)
+
+
+def test_shape_and_dtype_errors_name_the_op():
+    xp, h0, c0, w = (em.tensor(a) for a in _inputs(np.random.default_rng(3)))
+    with pytest.raises(em.ShapeError, match=r"lstm_sequence: w_hh has shape \(16, 3\), expected \(16, 4\)"):
+        lstm_sequence(xp, h0, c0, w[:, :3])
+    with pytest.raises(em.OpError, match="one floating dtype"):
+        lstm_sequence(xp, h0, c0, w.float())
+
+
+def test_jit_step_equals_eager():
+    def run(jit):
+        em.manual_seed(0)
+        model = em.nn.LSTM(3, 4, batch_first=True)
+        opt = em.optim.Adam(model.parameters(), lr=1e-2)
+        x = em.tensor(np.random.default_rng(4).standard_normal((2, 6, 3)).astype(np.float32))
+
+        def step(x):
+            opt.zero_grad()
+            out, (h, c) = model(x)
+            loss = (out ** 2).mean() + c.sum()
+            loss.backward()
+            opt.step()
+            return loss
+
+        step = em.jit(step) if jit else step
+        losses = [step(x).item() for _ in range(3)]
+        return losses, [p.detach().numpy().copy() for p in model.parameters()]
+
+    (le, pe), (lj, pj) = run(False), run(True)
+    np.testing.assert_allclose(lj, le, rtol=1e-5)
+    for a, b in zip(pj, pe):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
