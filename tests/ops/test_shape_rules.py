@@ -98,6 +98,8 @@ def _battery():
              F.cross_entropy(f32, em.tensor([0, 3, 1])), F.layer_norm(f32, (4,)),
              F.embedding(em.tensor([[0, 2]]), f32), F.binary_cross_entropy_with_logits(f32, f32.detach()),
              F.scaled_dot_product_attention(f32[None], f32[None], f32[None], is_causal=True)]
+    lstm = em.nn.LSTM(4, 3, bidirectional=True)
+    outs += [lstm(f32[:, None])[0], em.nn.LSTM(2, 3).double()(f64.T[:, None])[1][1]]
 
     # int8 inference kernels (no gradient), through the quantized layers that call them
     from ember.quantize import QuantizedConv2d, QuantizedLinear
