@@ -340,3 +340,22 @@ def test_in_place_state_update_reads_state_through_its_output_argument():
     body = source.split("def kernel_serial")[1]
     first_loop = body.index("for a0")
     assert "_arr[0]" not in body[first_loop:], "a scalar is read inside the loop"
+
+
+def test_kernels_split_over_threads_give_the_unsplit_results(monkeypatch):
+    """Flat kernels from THREADED_MIN_ELEMENTS on run in ranges on ember's threads: a training step
+    with in-place Adam state then equals eager, as the whole-range kernels do."""
+    from ember.compiler import kernels
+    from ember.ops import threads
+
+    monkeypatch.setattr(kernels, "THREADED_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
+    (me, oe), (mj, oj) = _adam_pair()
+    x, y = em.randn(6, 5), em.randn(6, 4)
+    eager, jitted = _step(me, oe), em.jit(_step(mj, oj))
+    for _ in range(3):
+        np.testing.assert_allclose(jitted(x, y).item(), eager(x, y).item(), rtol=1e-5)
+    assert fused_nodes(compiled_graph(jitted))
+    for p, pe in zip(mj.parameters(), me.parameters()):
+        np.testing.assert_allclose(p.data, pe.data, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(oj.state[p]["exp_avg"].data, oe.state[pe]["exp_avg"].data, rtol=5e-5, atol=1e-8)

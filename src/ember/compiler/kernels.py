@@ -17,8 +17,13 @@ import sys
 
 import numpy as np
 
-# Kernels run on one thread unless very large: OpenBLAS's threads stay busy right after a
-# matmul, and two thread pools contending on 2 cores cost more than a second thread gains.
+from ..ops import threads
+
+# Kernels whose inputs are all full-size or scalars (one flat loop) split their range over
+# ember's threads (ops/threads.py) from THREADED_MIN_ELEMENTS on; other kernels run numba's
+# parallel loop only when very large: numba's thread pool and OpenBLAS's spinning threads
+# contend for the two cores, which costs more than a second thread gains.
+THREADED_MIN_ELEMENTS = 1 << 19
 PARALLEL_MIN_ELEMENTS = 1 << 21
 _LOADED: dict = {}
 
@@ -135,7 +140,8 @@ def make_kernel(shape, inputs, members, outputs, out_dtypes, out_buffers=None, a
     passed = [i for i, k in enumerate(array_positions) if k not in aliases]
     drop = len(passed) != len(array_positions)
     mod = load_kernel_module(source)
-    fn = mod.kernel if size >= PARALLEL_MIN_ELEMENTS else mod.kernel_serial
+    threaded = flat and size >= THREADED_MIN_ELEMENTS
+    fn = mod.kernel if size >= PARALLEL_MIN_ELEMENTS and not threaded else mod.kernel_serial
     run_shape = tuple(shape) if shape else (1,)
     dtypes = [np.dtype(d) for d in out_dtypes]
     scalar_out = not shape
@@ -156,7 +162,11 @@ def make_kernel(shape, inputs, members, outputs, out_dtypes, out_buffers=None, a
         if flat:
             arrays = tuple(a.reshape(-1) for a in arrays)
         outs = tuple(np.empty(run_shape, d) if f is None else f for f, d in zip(fixed, dtypes))
-        fn(*arrays, *outs)
+        if threaded:
+            threads.over_batch(size, lambda lo, hi: fn(*[x[lo:hi] if x.shape[0] == size else x for x in arrays],
+                                                       *[o[lo:hi] for o in outs]), size)
+        else:
+            fn(*arrays, *outs)
         if scalar_out:
             return tuple(o.reshape(()) for o in outs)
         if flat:  # a reused buffer goes back as the very array it is (its full-shape original)
