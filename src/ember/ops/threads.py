@@ -11,7 +11,7 @@ OpenBLAS's own threads must then stay out of the way: by default they spin for a
 after each threaded call, waiting for more work, and on two cores a spinning thread halves
 the speed of the worker it shares a core with (measured: region-parallel convolutions ran
 slower than serial ones). So on first use ember sets OpenBLAS's idle spin to ``SPIN_EXPONENT``
-(``OPENBLAS_THREAD_TIMEOUT``: 2**n cycles, about 0.1 ms) and restarts its thread pool, which
+(``OPENBLAS_THREAD_TIMEOUT``: 2**n cycles, about 0.7 ms) and restarts its thread pool, which
 OpenBLAS re-creates on its next threaded call. A timeout the user set is left as it is.
 
 This needs NumPy's BLAS to be OpenBLAS with its own (pthreads) thread pool, as in NumPy's
@@ -32,8 +32,10 @@ PARALLEL_MIN_WORK = 1 << 20
 MACS_PER_ELEMENT = 8
 #: a chunk's working set (e.g. its im2col columns): small enough to stay in one core's L2 cache
 CHUNK_BYTES = 1 << 20
-#: OpenBLAS's idle spin after a threaded call, 2**n cycles (its default is 2**28, ~0.1 s)
-SPIN_EXPONENT = 18
+#: OpenBLAS's idle spin after a threaded call, 2**n cycles (its default is 2**28, ~0.1 s):
+#: ~0.7 ms still covers the gap between the GEMMs of an LSTM's steps (with 2**18, ~0.1 ms, each
+#: step's GEMM waited for a woken thread and the compiled lstm step ran ~10% slower)
+SPIN_EXPONENT = 21
 
 _STATE: dict = {}
 _REGION = threading.Lock()  # one parallel region at a time: BLAS's thread count is process-wide
