@@ -86,15 +86,14 @@ def _where_np(c, a, b):
     if c.shape == a.shape == shape and b.size == 1 and len(shape) > 1 \
             and 4 * c.size >= threads.PARALLEL_MIN_WORK:
         out = np.empty(shape, a.dtype)
-        threads.over_batch(shape[0], lambda lo, hi: _select_bits(c[lo:hi], a[lo:hi], b, out[lo:hi]),
-                           4 * c.size)  # about four passes
+        rows = lambda lo, hi: _select_bits(c[lo:hi], a[lo:hi], b, (hi - lo,) + shape[1:], out[lo:hi])  # noqa: E731
+        threads.over_batch(shape[0], rows, 4 * c.size)  # about four passes
         return out
-    return _select_bits(c, a, b)
+    return _select_bits(c, a, b, shape)
 
 
-def _select_bits(c, a, b, out=None):
+def _select_bits(c, a, b, shape, out=None):
     bits = np.dtype(f"i{a.dtype.itemsize}")
-    shape = np.broadcast_shapes(c.shape, a.shape, b.shape)
     mask = c.astype(bits)
     np.negative(mask, out=mask)  # True -> all ones
     res = np.bitwise_and(a.view(bits), mask, out=None if out is None else out.view(bits))
