@@ -39,6 +39,7 @@ SPIN_EXPONENT = 21
 
 _STATE: dict = {}
 _REGION = threading.Lock()  # one parallel region at a time: BLAS's thread count is process-wide
+_SETUP = threading.Lock()
 
 
 def _openblas():
@@ -83,20 +84,27 @@ def _shorten_spin(lib) -> bool:
 
 
 def _setup():
-    if not _STATE:
-        from concurrent.futures import ThreadPoolExecutor, wait  # here: keeps `import ember` light
-
-        found = _openblas()
-        env = os.environ.get("EMBER_NUM_THREADS")
-        workers = 1
-        if found is not None and found[1]() > 1 or env:
-            workers = int(env) if env else found[1]()
-        if workers > 1 and (found is None or not _shorten_spin(found[0])):
-            workers = 1
-        workers = max(1, min(workers, os.cpu_count() or 1))
-        _STATE.update(blas=found[1:] if found else None, workers=workers, wait=wait,
-                      pool=ThreadPoolExecutor(workers - 1, thread_name_prefix="ember") if workers > 1 else None)
+    with _SETUP:
+        if not _STATE:
+            _start()
     return _STATE
+
+
+def _start():
+    """Find BLAS, pick the worker count and start the pool (once, under _SETUP)."""
+    from concurrent.futures import ThreadPoolExecutor, wait  # here: keeps `import ember` light
+
+    found = _openblas()
+    env = os.environ.get("EMBER_NUM_THREADS")
+    workers = 1
+    if found is not None and found[1]() > 1 or env:
+        workers = int(env) if env else found[1]()
+    if workers > 1 and (found is None or not _shorten_spin(found[0])):
+        workers = 1
+    workers = max(1, min(workers, os.cpu_count() or 1))
+    # one update: other threads read _STATE without the lock
+    _STATE.update(blas=found[1:] if found else None, workers=workers, wait=wait,
+                  pool=ThreadPoolExecutor(workers - 1, thread_name_prefix="ember") if workers > 1 else None)
 
 
 def workers() -> int:
