@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import OpError, ShapeError
 from . import threads
 from .helpers import as_tensor, floating, norm_dim
+from .pooling import _offsets
 from .registry import Meta, apply, primitive
 
 
@@ -74,11 +75,15 @@ def conv_out_size(n, k, s, p, d):
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+def _pad_spatial(x, padding):
+    ph, pw = padding
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+
+
 def _unfold_np(x, kernel, dilation, padding, stride):
     (kh, kw), (dh, dw), (ph, pw), (sh, sw) = kernel, dilation, padding, stride
     n, c, h, w = x.shape
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    x = _pad_spatial(x, padding)
     ho = conv_out_size(h, kh, sh, ph, dh)
     wo = conv_out_size(w, kw, sw, pw, dw)
     s0, s1, s2, s3 = x.strides
@@ -101,13 +106,17 @@ def _fold_np(cols, output_size, kernel, dilation, padding, stride):
         # non-overlapping windows tile the image: a transpose, no accumulation
         out = cols.transpose(0, 1, 4, 2, 5, 3).reshape(n, c, h + 2 * ph, w + 2 * pw)
     else:
-        for i in range(kh):
-            for j in range(kw):
-                out[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,
-                    j * dw:j * dw + sw * (wo - 1) + 1:sw] += cols[:, :, i, j]
+        _add_columns(cols.transpose(1, 2, 3, 0, 4, 5), out.transpose(1, 0, 2, 3), kernel, dilation, stride)
     if ph or pw:
         out = out[:, :, ph:ph + h, pw:pw + w]
     return np.ascontiguousarray(out)
+
+
+def _add_columns(cols, out, kernel, dilation, stride):
+    """col2im: add each kernel offset's (C, B, H, W) slice of ``cols`` (C, kh, kw, B, H, W) into
+    its shifted, strided place in ``out`` (C, B, Hp, Wp)."""
+    for k, (rs, cs) in enumerate(_offsets(kernel, stride, dilation, cols.shape[-2:])):
+        out[:, :, rs, cs] += cols[:, k // kernel[1], k % kernel[1]]
 
 
 def _unfold_infer(x, kernel, dilation, padding, stride):
@@ -225,11 +234,6 @@ def _conv_geometry(h, w, kernel, stride, padding, dilation):
             conv_out_size(w, kernel[1], stride[1], padding[1], dilation[1]))
 
 
-def _pad_spatial(x, padding):
-    ph, pw = padding
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
-
-
 def _batch_columns(xp, kernel, dilation, stride, out_size):
     """im2col with the batch inside the columns: padded (B, C, H, W) -> (C*kh*kw, B*Ho*Wo)."""
     (kh, kw), (dh, dw), (sh, sw), (ho, wo) = kernel, dilation, stride, out_size
@@ -238,16 +242,6 @@ def _batch_columns(xp, kernel, dilation, stride, out_size):
     windows = np.lib.stride_tricks.as_strided(
         xp, shape=(c, kh, kw, b, ho, wo), strides=(s1, s2 * dh, s3 * dw, s0, s2 * sh, s3 * sw), writeable=False)
     return windows.reshape(c * kh * kw, b * ho * wo)
-
-
-def _image_columns(xp, kernel, dilation, stride, out_size):
-    """im2col per image, as F.unfold: padded (B, C, H, W) -> (B, C*kh*kw, Ho*Wo)."""
-    (kh, kw), (dh, dw), (sh, sw), (ho, wo) = kernel, dilation, stride, out_size
-    b, c = xp.shape[:2]
-    s0, s1, s2, s3 = xp.strides
-    windows = np.lib.stride_tricks.as_strided(
-        xp, shape=(b, c, kh, kw, ho, wo), strides=(s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw), writeable=False)
-    return windows.reshape(b, c * kh * kw, ho * wo)
 
 
 #: with at most this many rows (C/groups*kh*kw) the GEMMs are tiny and the work is moving
@@ -280,7 +274,7 @@ def _conv2d_np(x, w, bias=None, *, stride, padding, dilation, groups):
     def part(lo, hi):
         for a, b in threads.chunks(lo, hi, threads.chunk_size(rows * ho * wo * x.itemsize)):
             if per_image:
-                cols = _image_columns(xp[a:b], (kh, kw), dilation, stride, (ho, wo))
+                cols = _unfold_np(xp[a:b], (kh, kw), dilation, (0, 0), stride)
                 np.matmul(w_mat, cols.reshape(b - a, groups, cg * kh * kw, ho * wo),
                           out=out[a:b].reshape(b - a, groups, o // groups, ho * wo))
                 if bias is not None:
@@ -348,7 +342,7 @@ def _weight_grad_np(g, x, kernel, stride, padding, dilation, groups):
         total = np.zeros((groups, o // groups, rows // groups), dtype=np.result_type(g.dtype, x.dtype))
         for a, b in threads.chunks(lo, hi, threads.chunk_size(rows * ho * wo * x.itemsize)):
             if per_image:
-                cols = _image_columns(xp[a:b], kernel, dilation, stride, (ho, wo))
+                cols = _unfold_np(xp[a:b], kernel, dilation, (0, 0), stride)
                 total += np.matmul(g[a:b].reshape(b - a, groups, o // groups, ho * wo),
                                    cols.reshape(b - a, groups, rows // groups, ho * wo).transpose(0, 1, 3, 2)).sum(0)
                 continue
@@ -393,16 +387,6 @@ def conv2d_weight_grad(g, x, kernel, stride, padding, dilation, groups):
 def _conv_t_geometry(h, w, kernel, stride, padding, output_padding, dilation):
     return tuple((n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n, k, s, p, op, d in
                  zip((h, w), kernel, stride, padding, output_padding, dilation))
-
-
-def _add_columns(cols, out, kernel, dilation, stride):
-    """col2im: add each kernel offset's (C, B, H, W) slice of ``cols`` (C, kh, kw, B, H, W) into
-    its shifted, strided place in ``out`` (C, B, Hp, Wp)."""
-    (kh, kw), (dh, dw), (sh, sw) = kernel, dilation, stride
-    h, w = cols.shape[-2:]
-    for i in range(kh):
-        for j in range(kw):
-            out[:, :, i * dh:i * dh + sh * (h - 1) + 1:sh, j * dw:j * dw + sw * (w - 1) + 1:sw] += cols[:, i, j]
 
 
 def _conv_t_np(x, w, stride, padding, output_padding, groups, dilation):
