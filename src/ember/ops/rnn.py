@@ -55,16 +55,10 @@ def cell_backward(g_out, out, c_prev, tanh_c, dh_next, dc_next, dgates):
             dgates[a, 3 * hs + j] = do * o * (1.0 - o)
 '''
 
-_KERNELS = None
-
-
 def _kernels():
-    global _KERNELS
-    if _KERNELS is None:
-        from ..compiler.kernels import load_kernel_module
+    from ..compiler.kernels import load_kernel_module  # here: numba only when an LSTM trains
 
-        _KERNELS = load_kernel_module(_SOURCE)
-    return _KERNELS
+    return load_kernel_module(_SOURCE)  # cached by the source's hash
 
 
 def _order(length, reverse):
@@ -147,9 +141,15 @@ def _sequence_infer(xp, h0, c0, w_hh, reverse):
     return (length, n, 6, hs), xp.np_dtype
 
 
+def _grad_parts(out_shape):
+    """Shapes of the four gradients (xp, h0, c0, w_hh) packed, in this order, in the flat
+    result of lstm_sequence_grad."""
+    length, n, _, hs = out_shape
+    return [(length, n, 4 * hs), (n, hs), (n, hs), (4 * hs, hs)]
+
+
 def _grad_infer(g_out, out, h0, c0, w_hh, reverse):
-    length, n, _, hs = out.shape
-    return (length * n * 4 * hs + 2 * n * hs + 4 * hs * hs,), out.np_dtype
+    return (sum(int(np.prod(shape)) for shape in _grad_parts(out.shape)),), out.np_dtype
 
 
 LSTM_SEQUENCE_GRAD = primitive("lstm_sequence_grad", _grad_np, infer=_grad_infer)
@@ -159,12 +159,10 @@ def _sequence_vjp(g, out, needs, xp, h0, c0, w_hh, reverse):
     if GradMode.enabled:
         raise OpError("lstm_sequence: the fused LSTM recurrence has no second derivative (create_graph=True "
                       "through an LSTM layer); differentiate through nn.LSTMCell steps instead")
-    length, n, _, hs = out.shape
     flat = apply(LSTM_SEQUENCE_GRAD, (g, out, h0, c0, w_hh), {"reverse": reverse})
-    sizes = [length * n * 4 * hs, n * hs, n * hs, 4 * hs * hs]
-    shapes = [(length, n, 4 * hs), (n, hs), (n, hs), (4 * hs, hs)]
     grads, start = [], 0
-    for need, size, shape in zip(needs, sizes, shapes):
+    for need, shape in zip(needs, _grad_parts(out.shape)):
+        size = int(np.prod(shape))
         grads.append(flat[start:start + size].reshape(shape) if need else None)
         start += size
     return grads
