@@ -46,6 +46,9 @@ def _static_key(obj):
         return ("id", id(obj))
 
 
+_FLAT_STATIC: dict = {}  # number of arguments -> _static_key of that many tensors
+
+
 def _describe_change(description, before, now):
     """``AdamW.param_groups[0]['weight_decay'] changed from 0.01 to 0.1`` for guards over
     (key, value) pairs; the whole values otherwise."""
@@ -107,14 +110,23 @@ class JitFunction:
 
     # ---- keys ----------------------------------------------------------------------------
     def _signature(self, args, kwargs):
-        tensors, _ = _flatten((args, kwargs))
+        if not kwargs and all(type(a) is Tensor for a in args):
+            # the common call, f(x) or f(x, y): the general walk below costs ~20 us, a
+            # batch-1 inference's whole budget; this builds the very same key
+            tensors = args
+            static = _FLAT_STATIC.get(len(args))
+            if static is None:
+                static = _FLAT_STATIC[len(args)] = _static_key((args, kwargs))
+        else:
+            tensors, _ = _flatten((args, kwargs))
+            static = _static_key((args, kwargs))
         batch = None
         if self.dynamic_batch and tensors and tensors[0].ndim:
             batch = tensors[0].shape[0]
         shapes = tuple((-1,) + t.data.shape[1:] if batch is not None and t.ndim and t.shape[0] == batch
                        else t.data.shape for t in tensors)
-        sig = tuple((shape, str(t.data.dtype), t.requires_grad) for shape, t in zip(shapes, tensors))
-        return (sig, _static_key((args, kwargs)), GradMode.enabled), tensors, batch
+        sig = tuple((shape, t.data.dtype, t.requires_grad) for shape, t in zip(shapes, tensors))
+        return (sig, static, GradMode.enabled), tensors, batch
 
     def __call__(self, *args, **kwargs):
         base, tensors, batch = self._signature(args, kwargs)
