@@ -39,7 +39,7 @@ class FusedNode:
         return " + ".join(m.op.name for m in self.members)
 
 
-def _fusible(node):
+def fusible(node):
     if node.op.scalar is None:
         return False
     dt = node.output.dtype
@@ -83,7 +83,7 @@ def _groups(graph):
 
     for idx, node in enumerate(graph.nodes):
         position[node.output.id] = idx
-        if not _fusible(node):
+        if not fusible(node):
             continue
         shape = node.output.shape
         candidates = []
@@ -164,7 +164,25 @@ def _build(graph, group, uses_outside, in_place, escaping):
     kernel = make_kernel(group["shape"], spec_inputs, exprs, [names[v.id] for v in outputs],
                          [v.dtype for v in outputs], buffers, aliases)
     array_inputs = [v for (_, ishape, _), v in zip(spec_inputs, inputs) if ishape is not None]
-    return FusedNode(members, array_inputs, outputs, kernel)
+    fused = FusedNode(members, array_inputs, outputs, kernel)
+    # how the kernel was made, for passes that build it into a bigger kernel (matvec.py)
+    fused.spec = dict(shape=tuple(group["shape"]), inputs=spec_inputs, members=exprs,
+                      outputs=[names[v.id] for v in outputs], dtypes=[v.dtype for v in outputs],
+                      buffers=buffers, aliases=aliases, names=names)
+    return fused
+
+
+def build_group(graph, nodes):
+    """A FusedNode computing ``nodes`` (elementwise, of one shape, in order) with no state
+    written in place; values used after them are its outputs."""
+    values = {n.output.id for n in nodes}
+    members = set(map(id, nodes))
+    outside = {v.id for v in graph.roots()} & values
+    for node in graph.nodes:
+        if id(node) not in members:
+            outside.update(v.id for v in node.inputs if v.id in values)
+    group = {"start": None, "shape": nodes[0].output.shape, "nodes": list(nodes), "values": values}
+    return _build(graph, group, outside, {}, _escaping(graph))
 
 
 def _in_place_writes(graph, group, position):

@@ -45,17 +45,14 @@ def _literal_expr(a):
     return f"np.{a.dtype.name}({value!r})"
 
 
-def kernel_source(shape, inputs, members, outputs, aliases=None):
-    """Source of a module with ``kernel`` (parallel) and ``kernel_serial`` functions.
-
-    shape: the iteration shape; inputs: list of (name, shape or None for an inlined literal,
-    literal array); members: list of (name, expression); outputs: list of member names.
-    """
+def element_body(shape, inputs, members, outputs, aliases=None):
+    """The loop body computing one element of every output of a fused group, as lines of
+    source: (lines to hoist before the loops, lines inside them). The loop indices are
+    ``a0, a1, ...`` over ``shape``; input ``x`` is read from ``x_arr`` (broadcast by index),
+    output ``t`` is written to ``out_t``. Arguments as in ``kernel_source``."""
     nd = max(len(shape), 1)
     loops = [f"a{k}" for k in range(nd)]
     aliases = aliases or {}  # input position -> output position: the input is that output's array
-    params = [name for k, (name, ishape, _) in enumerate(inputs) if ishape is not None and k not in aliases] + \
-        [f"out_{o}" for o in outputs]
     body = []
     hoisted = []  # one-element inputs (scalars, Adam's hyperparameters) are read once, before the
     #               loops: read inside, LLVM must assume an output store may change them and
@@ -78,10 +75,30 @@ def kernel_source(shape, inputs, members, outputs, aliases=None):
         (hoisted if all(i == "0" for i in idx) else body).append(f"{name} = {source}[{', '.join(idx)}]")
     body += [f"{name} = {expr}" for name, expr in members]
     body += [f"out_{o}[{', '.join(loops)}] = {o}" for o in outputs]
+    return hoisted, body
+
+
+def kernel_parameters(inputs, outputs, aliases=None):
+    """The array parameters of a fused group's kernel, in call order: inputs (``x_arr``) then
+    outputs (``out_t``); an input aliased to an output is read through that output."""
+    aliases = aliases or {}
+    return [f"{name}_arr" for k, (name, ishape, _) in enumerate(inputs) if ishape is not None and k not in aliases] + \
+        [f"out_{o}" for o in outputs]
+
+
+def kernel_source(shape, inputs, members, outputs, aliases=None):
+    """Source of a module with ``kernel`` (parallel) and ``kernel_serial`` functions.
+
+    shape: the iteration shape; inputs: list of (name, shape or None for an inlined literal,
+    literal array); members: list of (name, expression); outputs: list of member names.
+    """
+    loops = [f"a{k}" for k in range(max(len(shape), 1))]
+    params = kernel_parameters(inputs, outputs, aliases)
+    hoisted, body = element_body(shape, inputs, members, outputs, aliases)
 
     def function(fname, parallel):
         lines = [f"@numba.njit(parallel={parallel}, cache=True, nogil=True, error_model='numpy', fastmath=False)",
-                 f"def {fname}({', '.join(p if p.startswith('out_') else p + '_arr' for p in params)}):"]
+                 f"def {fname}({', '.join(params)}):"]
         ref = f"out_{outputs[0]}"
         indent = "    "
         lines += [indent + h for h in hoisted]

@@ -41,8 +41,9 @@ def dce(graph):
     for node in reversed(graph.nodes):
         outs = getattr(node, "outputs", None) or [node.output]
         # random draws advance the generator: an unused one still runs, so the numbers drawn
-        # after it are the ones eager mode draws
-        if any(v.id in live for v in outs) or node.op.name in IMPURE:
+        # after it are the ones eager mode draws; a fused kernel writing state in place is a
+        # write even when none of its results is read
+        if any(v.id in live for v in outs) or node.op.name in IMPURE or getattr(node, "in_place", None):
             kept.append(node)
             live.update(v.id for v in node.inputs)
     kept.reverse()
@@ -316,8 +317,9 @@ def optimize(graph, debug=False, fuse=True):
     pipeline = list(PIPELINE)
     if fuse:
         from .fusion import fuse_elementwise
+        from .matvec import lower_matvec
 
-        pipeline.append(("fuse", fuse_elementwise))
+        pipeline += [("fuse", fuse_elementwise), ("matvec", lower_matvec), ("dce", dce)]
     for name, p in pipeline:
         before = len(graph.nodes)
         graph = p(graph)
