@@ -48,21 +48,28 @@ def test_values_used_outside_the_group_are_extra_kernel_outputs():
     assert "sum" in op_names(compiled_graph(j))
 
 
-TRANSCENDENTAL = ["exp", "log", "tanh", "sigmoid", "sin", "cos", "erf", "log1p", "expm1", "gelu", "silu", "softplus"]
+# numba would call scalar libm for these: they stay NumPy calls (exp, tanh, sigmoid and the
+# tanh GELU have vectorizable float32 forms, tests/compiler/test_fastmath.py)
+WITHOUT_VECTOR_FORM = ["log", "sin", "cos", "erf", "log1p", "expm1", "silu", "softplus"]
 
 
-@pytest.mark.parametrize("name", TRANSCENDENTAL)
-def test_transcendental_functions_stay_numpy_calls(name):
+@pytest.mark.parametrize("name", WITHOUT_VECTOR_FORM)
+def test_transcendental_functions_without_a_vector_form_stay_numpy_calls(name):
     assert PRIMITIVES[name].scalar is None
 
 
-def test_a_chain_around_exp_and_tanh_keeps_them_outside_kernels():
+@pytest.mark.parametrize("name", ["exp", "tanh", "sigmoid", "gelu"])
+def test_vector_form_transcendentals_fuse_in_float32_only(name):
+    assert PRIMITIVES[name].scalar_dtypes == ("float32",)
+
+
+def test_a_float64_chain_around_exp_and_tanh_keeps_them_outside_kernels():
     def f(x):
         return ((x * 2.0 + 1.0).exp() * 0.5 - 1.0).tanh() * 3.0 + x
 
     j = em.jit(f)
-    x = em.randn(4, 5) * 0.3
-    np.testing.assert_allclose(j(x).numpy(), f(x).numpy(), rtol=1e-6)
+    x = em.randn(4, 5, dtype=em.float64) * 0.3
+    np.testing.assert_allclose(j(x).numpy(), f(x).numpy(), rtol=1e-12)
     graph = compiled_graph(j)
     assert "exp" in op_names(graph) and "tanh" in op_names(graph)
     for node in fused_nodes(graph):
@@ -316,7 +323,9 @@ def test_in_place_state_update_reads_state_through_its_output_argument():
 
         def step(x):
             opt.zero_grad()
-            loss = ((p * x).tanh() ** 2).sum()
+            # (no tanh: near saturation its last-ulp differences change the sign of tiny
+            # gradients, and Adam turns those into whole lr-sized steps)
+            loss = ((p * x - 1.0) ** 2).sum()
             loss.backward()
             opt.step()
             return loss
@@ -330,7 +339,7 @@ def test_in_place_state_update_reads_state_through_its_output_argument():
     jitted, f = run(True)
     np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-6)  # steps of lr=1e-2
     graph = compiled_graph(f)
-    adam = max(fused_nodes(graph), key=lambda n: len(n.kernel.source))
+    adam = next(n for n in fused_nodes(graph) if n.in_place)
     source = adam.kernel.source
     header = next(line for line in source.splitlines() if line.startswith("def kernel_serial"))
     reads_of_outputs = [line for line in source.split("def kernel_serial")[1].splitlines()

@@ -40,9 +40,14 @@ class FusedNode:
 
 
 def fusible(node):
-    if node.op.scalar is None:
+    op = node.op
+    if op.scalar is None:
         return False
     dt = node.output.dtype
+    if getattr(op, "scalar_dtypes", None) is not None and dt.name not in op.scalar_dtypes:
+        return False
+    if op.scalar(*["x"] * len(node.inputs), **node.attrs) is None:  # e.g. GELU without its tanh form
+        return False
     return dt.kind in "fbiu" and all(v.dtype.kind in "fbiu" for v in node.inputs)
 
 

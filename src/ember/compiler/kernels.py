@@ -109,8 +109,16 @@ def kernel_source(shape, inputs, members, outputs, aliases=None):
         lines += [indent + b for b in body]
         return "\n".join(lines)
 
-    return "\n".join(["# ember fused kernel (format 3)", "import math", "import numba", "import numpy as np", "", "",
+    return "\n".join(["# ember fused kernel (format 3)", *kernel_imports(members), "", "",
                       function("kernel", True), "", "", function("kernel_serial", False), ""])
+
+
+def kernel_imports(members):
+    """The import lines of a kernel module whose expressions are ``members``."""
+    lines = ["import math", "import numba", "import numpy as np"]
+    if any("fast_" in expr for _, expr in members):  # only then: other kernels' sources stay as they were
+        lines.append("from ember.compiler.fastmath import fast_exp, fast_sigmoid, fast_tanh")
+    return lines
 
 
 def load_kernel_module(source):

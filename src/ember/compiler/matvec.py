@@ -19,7 +19,7 @@ import numpy as np
 
 from ..ops import threads
 from . import fusion
-from .kernels import element_body, kernel_parameters, load_kernel_module
+from .kernels import element_body, kernel_imports, kernel_parameters, load_kernel_module
 
 #: rows of the left operand up to which a matmul is a matrix-vector product
 MAX_ROWS = 4
@@ -86,8 +86,9 @@ def kernel_source(epilogue=None, product="x0", parallel=True):
     if body:
         lines.append("            for a1 in range(lo, hi):")
         lines += ["                " + b for b in body]
-    return "\n".join(["# ember matrix-vector kernel (format 1)", "import math", "import numba", "import numpy as np",
-                      "", "", _DOT, "", "\n".join(lines), ""])
+    members = epilogue["members"] if epilogue is not None else []
+    return "\n".join(["# ember matrix-vector kernel (format 1)", *kernel_imports(members), "", "", _DOT, "",
+                      "\n".join(lines), ""])
 
 
 class MatVecNode:

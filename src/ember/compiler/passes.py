@@ -318,8 +318,10 @@ def optimize(graph, debug=False, fuse=True):
     if fuse:
         from .fusion import fuse_elementwise
         from .matvec import lower_matvec
+        from .rowwise import lower_rowwise
 
-        pipeline += [("fuse", fuse_elementwise), ("matvec", lower_matvec), ("dce", dce)]
+        pipeline += [("fuse", fuse_elementwise), ("matvec", lower_matvec), ("rowwise", lower_rowwise),
+                     ("dce", dce)]
     for name, p in pipeline:
         before = len(graph.nodes)
         graph = p(graph)

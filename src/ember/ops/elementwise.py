@@ -551,9 +551,10 @@ bitwise_xor = _bitwise(BITWISE_XOR, logical_xor)
 # ---- per-element forms, for the compiler's fused kernels ------------------------------------
 # Each entry gives the op on single elements as an expression in numba-compatible Python
 # (``math`` and ``np`` are available). Ops listed here can be fused by ``em.jit``.
-# Transcendental functions (exp, log, tanh, erf, sigmoid, gelu, pow...) are deliberately not
-# listed: NumPy's SIMD implementations are 5-30x faster than numba's scalar libm calls on
-# this CPU, more than the memory pass that fusing them would save.
+# Other transcendental functions (log, erf, pow, sin...) are deliberately not listed: numba
+# calls scalar libm for them, 5-30x slower than NumPy's SIMD loops on this CPU, more than the
+# memory pass that fusing them would save. exp, tanh, sigmoid and the tanh GELU fuse in
+# float32 only, where the compiler has vectorizable versions (compiler/fastmath.py).
 
 def _typed(expr, dtype):
     return f"np.{np.dtype(dtype).name}({expr})"
@@ -594,6 +595,28 @@ _SCALAR = {
 }
 for _op, _fn in _SCALAR.items():
     _op.scalar = _fn
+
+
+def _f32(value):
+    return f"np.float32({float(np.float32(value))!r})"
+
+
+def _gelu_scalar(x, approximate):
+    if approximate != "tanh":
+        return None  # erf has no vectorizable form here: exact GELU stays a NumPy call
+    # the operations of _gelu_np, in its order
+    inner = f"({_f32(_SQRT_2_OVER_PI)} * ({x} + {_f32(0.044715)} * {x} * {x} * {x}))"
+    return f"({_f32(0.5)} * {x} * ({_f32(1)} + fast_tanh({inner})))"
+
+
+_SCALAR_FLOAT32 = {
+    EXP: lambda x: f"fast_exp({x})",
+    TANH: lambda x: f"fast_tanh({x})",
+    SIGMOID: lambda x: f"fast_sigmoid({x})",
+    GELU: _gelu_scalar,
+}
+for _op, _fn in _SCALAR_FLOAT32.items():
+    _op.scalar, _op.scalar_dtypes = _fn, ("float32",)
 
 
 # ---- ONNX mappings (read by em.onnx.export): ctx emits ONNX nodes, returns the result's name --

@@ -52,7 +52,7 @@ class Meta:
 
 class Primitive:
     __slots__ = ("name", "forward", "grads", "vjp", "infer", "saves", "uses_out", "broadcasts",
-                 "is_view", "onnx", "differentiable", "scatter_grad", "scalar")
+                 "is_view", "onnx", "differentiable", "scatter_grad", "scalar", "scalar_dtypes")
 
     def __init__(self, name, forward, grads=None, *, vjp=None, infer=None, saves=None,
                  uses_out=False, broadcasts=False, is_view=False, scatter_grad=None):
@@ -74,6 +74,8 @@ class Primitive:
         # Elementwise ops: ``scalar(*arg_exprs, **attrs) -> expr`` gives the op on one element as
         # numba-compatible Python; the compiler fuses chains of such ops into one kernel.
         self.scalar = None
+        # the output dtypes (names) the compiler may fuse it for; None: every dtype
+        self.scalar_dtypes = None
 
     def __repr__(self):
         return f"<primitive {self.name}>"
