@@ -368,3 +368,23 @@ def test_kernels_split_over_threads_give_the_unsplit_results(monkeypatch):
     for p, pe in zip(mj.parameters(), me.parameters()):
         np.testing.assert_allclose(p.data, pe.data, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(oj.state[p]["exp_avg"].data, oe.state[pe]["exp_avg"].data, rtol=5e-5, atol=1e-8)
+
+
+def test_broadcasting_kernels_split_their_first_axis_over_threads(monkeypatch):
+    """A loop-nest kernel (inputs broadcast) splits its first axis: inputs spanning it are
+    sliced with it, inputs broadcast along it (size 1 or fewer dims) are shared."""
+    from ember.compiler import kernels
+    from ember.ops import threads
+
+    monkeypatch.setattr(kernels, "THREADED_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)
+
+    def f(x, per_row, shared, column):
+        return ((x + per_row) * shared - column).relu() * 2.0
+
+    x, per_row, shared, column = em.randn(6, 5, 7), em.randn(6, 1, 1), em.randn(1, 5, 7), em.randn(7)
+    j = em.jit(f)
+    np.testing.assert_allclose(j(x, per_row, shared, column).numpy(), f(x, per_row, shared, column).numpy(),
+                               rtol=1e-6)
+    (fused,) = fused_nodes(compiled_graph(j))
+    assert "for a2" in fused.kernel.source  # a loop nest, not one flat loop

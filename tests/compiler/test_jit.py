@@ -228,7 +228,7 @@ def test_graph_prints_one_line_per_node_with_op_shape_and_dtype():
         name = node.describe() if hasattr(node, "describe") else node.op.name
         assert name.split(" ")[0] in line
     assert "float32[2, 4] = input[0]" in text
-    assert "matmul(" in text and "softmax(" in text
+    assert "matmul(" in text and "fused[softmax by rows]" in text  # the row kernel (rowwise.py)
     assert lines[-1].startswith("return %")
     assert f.traces == 0  # inspecting does not fill the cache
 

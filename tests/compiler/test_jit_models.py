@@ -110,10 +110,13 @@ def test_gradients_equal_eager(name):
     loss_e.backward()
     assert loss_j.item() == pytest.approx(loss_e.item(), rel=1e-5)
     assert len(grads_j) == len(params_e)
+    # a gradient that is zero in exact arithmetic (a conv bias before BatchNorm) is rounding
+    # noise in both: it is compared against the model's gradient scale, not its own
+    overall = max(np.abs(p.grad.data).max() for p in params_e)
     for (pname, pe), gj, pj in zip(model_e.named_parameters(), grads_j, params_j):
-        scale = np.abs(pe.grad.data).max() + 1e-12
-        np.testing.assert_allclose(gj.numpy(), pe.grad.data, rtol=1e-4, atol=1e-5 * scale, err_msg=pname)
-        np.testing.assert_allclose(pj.grad.numpy(), pe.grad.data, rtol=1e-4, atol=1e-5 * scale, err_msg=pname)
+        atol = 1e-5 * np.abs(pe.grad.data).max() + 1e-6 * overall
+        np.testing.assert_allclose(gj.numpy(), pe.grad.data, rtol=1e-4, atol=atol, err_msg=pname)
+        np.testing.assert_allclose(pj.grad.numpy(), pe.grad.data, rtol=1e-4, atol=atol, err_msg=pname)
 
 
 def _train_step(model, opt):

@@ -19,10 +19,10 @@ import numpy as np
 
 from ..ops import threads
 
-# Kernels whose inputs are all full-size or scalars (one flat loop) split their range over
-# ember's threads (ops/threads.py) from THREADED_MIN_ELEMENTS on; other kernels run numba's
-# parallel loop only when very large: numba's thread pool and OpenBLAS's spinning threads
-# contend for the two cores, which costs more than a second thread gains.
+# Kernels split their leading dim over ember's threads (ops/threads.py) from
+# THREADED_MIN_ELEMENTS on. numba's own parallel loop (PARALLEL_MIN_ELEMENTS) is left for a
+# kernel whose leading dim is 1: numba's thread pool and OpenBLAS's spinning threads contend
+# for the two cores, which costs more than a second thread gains.
 THREADED_MIN_ELEMENTS = 1 << 19
 PARALLEL_MIN_ELEMENTS = 1 << 21
 _LOADED: dict = {}
@@ -165,9 +165,12 @@ def make_kernel(shape, inputs, members, outputs, out_dtypes, out_buffers=None, a
     passed = [i for i, k in enumerate(array_positions) if k not in aliases]
     drop = len(passed) != len(array_positions)
     mod = load_kernel_module(source)
-    threaded = flat and size >= THREADED_MIN_ELEMENTS
-    fn = mod.kernel if size >= PARALLEL_MIN_ELEMENTS and not threaded else mod.kernel_serial
     run_shape = tuple(shape) if shape else (1,)
+    lead, nd = run_shape[0], len(run_shape)
+    # large kernels split their leading dim (the flat range, or a loop nest's first axis) over
+    # ember's threads; an input spanning that dim is sliced with it, a broadcast one is shared
+    threaded = size >= THREADED_MIN_ELEMENTS and lead > 1
+    fn = mod.kernel if size >= PARALLEL_MIN_ELEMENTS and not threaded else mod.kernel_serial
     dtypes = [np.dtype(d) for d in out_dtypes]
     scalar_out = not shape
 
@@ -188,8 +191,8 @@ def make_kernel(shape, inputs, members, outputs, out_dtypes, out_buffers=None, a
             arrays = tuple(a.reshape(-1) for a in arrays)
         outs = tuple(np.empty(run_shape, d) if f is None else f for f, d in zip(fixed, dtypes))
         if threaded:
-            threads.over_batch(size, lambda lo, hi: fn(*[x[lo:hi] if x.shape[0] == size else x for x in arrays],
-                                                       *[o[lo:hi] for o in outs]), size)
+            threads.over_batch(lead, lambda lo, hi: fn(*[x[lo:hi] if x.ndim == nd and x.shape[0] == lead else x
+                                                         for x in arrays], *[o[lo:hi] for o in outs]), size)
         else:
             fn(*arrays, *outs)
         if scalar_out:

@@ -4,7 +4,7 @@ Written with ember's elementwise ops, an LSTM layer is ~15 nodes per time step; 
 then sums one (4H, N) x (N, H) weight-gradient GEMM per step and runs the cell's dozen
 elementwise passes per step as separate NumPy calls. Here the whole recurrence is one node:
 
-  forward   per step one GEMM ``h @ w_hh.T`` and a few in-place NumPy passes for the cell;
+  forward   per step one GEMM ``h @ w_hh.T`` and one numba loop for the cell;
   backward  per step one numba loop for the cell's gradient and one GEMM ``dgates @ w_hh``;
             the weight gradient is a single GEMM over all steps afterwards.
 
@@ -26,37 +26,67 @@ from ..autograd.engine import GradMode
 from ..errors import OpError, ShapeError
 from .registry import Meta, apply, primitive
 
-_SOURCE = '''# ember LSTM cell kernels (format 2)
+_SOURCE = '''# ember LSTM cell kernels (format 3)
 import numba
+
+from ember.compiler.fastmath import fast_sigmoid, fast_tanh
+
+# Each loop reads and writes few arrays, through 1-D row views: with more streams (or with
+# offset indexing such as hw[a, hs + j]) LLVM gives up its runtime overlap checks and runs
+# the loop scalar, 5-10x slower.
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def cell_backward(g_out, out, c_prev, tanh_c, dh_next, dc_next, dgates):
-    # no transcendental functions here: numba would call libm per element (unvectorized);
-    # tanh(c) comes from NumPy's SIMD loop
+def cell_forward(hw, x_t, c_prev, out_t):
+    # pre-activations hw + x_t -> gates i, f, g, o, then c and h, into out_t's rows
     n, hs = c_prev.shape
     for a in range(n):
+        h, c, i, f, g, o = out_t[a, 0], out_t[a, 1], out_t[a, 2], out_t[a, 3], out_t[a, 4], out_t[a, 5]
+        cp = c_prev[a]
+        for k, act in ((0, i), (1, f), (3, o)):
+            hk, xk = hw[a, k * hs:(k + 1) * hs], x_t[a, k * hs:(k + 1) * hs]
+            for j in range(hs):
+                act[j] = fast_sigmoid(hk[j] + xk[j])
+        hk, xk = hw[a, 2 * hs:3 * hs], x_t[a, 2 * hs:3 * hs]
         for j in range(hs):
-            i = out[a, 2, j]
-            f = out[a, 3, j]
-            g = out[a, 4, j]
-            o = out[a, 5, j]
-            tc = tanh_c[a, j]
-            dh = g_out[a, 0, j] + dh_next[a, j]
-            dc = g_out[a, 1, j] + dc_next[a, j] + dh * o * (1.0 - tc * tc)
-            do = dh * tc + g_out[a, 5, j]
-            di = dc * g + g_out[a, 2, j]
-            dg = dc * i + g_out[a, 4, j]
-            df = dc * c_prev[a, j] + g_out[a, 3, j]
-            dc_next[a, j] = dc * f
-            dgates[a, j] = di * i * (1.0 - i)
-            dgates[a, hs + j] = df * f * (1.0 - f)
-            dgates[a, 2 * hs + j] = dg * (1.0 - g * g)
-            dgates[a, 3 * hs + j] = do * o * (1.0 - o)
+            g[j] = fast_tanh(hk[j] + xk[j])
+        for j in range(hs):
+            c[j] = f[j] * cp[j] + i[j] * g[j]
+        for j in range(hs):
+            h[j] = o[j] * fast_tanh(c[j])
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def cell_backward(g_out, out, c_prev, dh_next, dc_next, dgates, tanh_c, dc_now):
+    # tanh_c, dc_now: (H,) scratch rows
+    n, hs = c_prev.shape
+    one = c_prev.dtype.type(1)
+    for a in range(n):
+        c, i, f, g, o = out[a, 1], out[a, 2], out[a, 3], out[a, 4], out[a, 5]
+        gh, gc, gi, gf, gg, go = g_out[a, 0], g_out[a, 1], g_out[a, 2], g_out[a, 3], g_out[a, 4], g_out[a, 5]
+        dh, dc, cp = dh_next[a], dc_next[a], c_prev[a]
+        di, df = dgates[a, :hs], dgates[a, hs:2 * hs]
+        dg, do = dgates[a, 2 * hs:3 * hs], dgates[a, 3 * hs:]
+        for j in range(hs):
+            tanh_c[j] = fast_tanh(c[j])
+        for j in range(hs):  # dh here: this step's h gradient, from above and from step t + 1
+            dh[j] += gh[j]
+        for j in range(hs):
+            dc_now[j] = gc[j] + dc[j] + dh[j] * o[j] * (one - tanh_c[j] * tanh_c[j])
+        for j in range(hs):
+            do[j] = (dh[j] * tanh_c[j] + go[j]) * o[j] * (one - o[j])
+        for j in range(hs):
+            di[j] = (dc_now[j] * g[j] + gi[j]) * i[j] * (one - i[j])
+        for j in range(hs):
+            dg[j] = (dc_now[j] * i[j] + gg[j]) * (one - g[j] * g[j])
+        for j in range(hs):
+            df[j] = (dc_now[j] * cp[j] + gf[j]) * f[j] * (one - f[j])
+        for j in range(hs):
+            dc[j] = dc_now[j] * f[j]
 '''
 
 def _kernels():
-    from ..compiler.kernels import load_kernel_module  # here: numba only when an LSTM trains
+    from ..compiler.kernels import load_kernel_module  # here: numba only when an LSTM runs
 
     return load_kernel_module(_SOURCE)  # cached by the source's hash
 
@@ -65,39 +95,18 @@ def _order(length, reverse):
     return range(length - 1, -1, -1) if reverse else range(length)
 
 
-def _cell_forward(pre, c_prev, out_t, tmp):
-    """One step's gates and state from pre-activations ``pre`` (N, 4H) into ``out_t`` (N, 6, H),
-    with NumPy's SIMD exp and tanh (numba's are scalar libm calls)."""
-    n, gates = pre.shape
-    hs = gates // 4
-    act = out_t[:, 2:]  # (N, 4, H): i, f, g, o
-    pre3 = pre.reshape(n, 4, hs)
-    np.negative(pre3, out=act)
-    np.exp(act, out=act)
-    act += 1
-    np.reciprocal(act, out=act)  # sigmoid of all four; g is replaced by its tanh next
-    np.tanh(pre3[:, 2], out=act[:, 2])
-    c, h = out_t[:, 1], out_t[:, 0]
-    np.multiply(act[:, 1], c_prev, out=c)
-    np.multiply(act[:, 0], act[:, 2], out=tmp)
-    c += tmp
-    np.tanh(c, out=h)
-    h *= act[:, 3]
-
-
 def _sequence_np(xp, h0, c0, w_hh, reverse):
     length, n, gates = xp.shape
     hs = gates // 4
     dtype = np.result_type(xp.dtype, w_hh.dtype)
     out = np.empty((length, n, 6, hs), dtype=dtype)
     w_t = np.ascontiguousarray(w_hh.T)  # BLAS is a third faster on it than on the transposed view
-    h, c = h0, c0
-    pre = np.empty((n, gates), dtype=dtype)
-    tmp = np.empty((n, hs), dtype=dtype)
+    cell = _kernels().cell_forward
+    h, c = h0, np.ascontiguousarray(c0, dtype=dtype)
+    hw = np.empty((n, gates), dtype=dtype)
     for t in _order(length, reverse):
-        np.matmul(h, w_t, out=pre)
-        pre += xp[t]
-        _cell_forward(pre, c, out[t], tmp)
+        np.matmul(h, w_t, out=hw)
+        cell(hw, xp[t], c, out[t])
         h, c = out[t, :, 0], out[t, :, 1]
     return out
 
@@ -110,7 +119,7 @@ def _grad_np(g_out, out, h0, c0, w_hh, reverse):
     dgates = np.empty((length, n, 4 * hs), dtype=dtype)
     dh = np.zeros((n, hs), dtype=dtype)
     dc = np.zeros((n, hs), dtype=dtype)
-    tanh_c = np.empty((n, hs), dtype=dtype)
+    tanh_c, dc_now = np.empty(hs, dtype=dtype), np.empty(hs, dtype=dtype)
     steps = list(_order(length, reverse))
     prev_h = np.empty((length, n, hs), dtype=dtype)  # the h each step read
     for k, t in enumerate(steps):
@@ -118,8 +127,7 @@ def _grad_np(g_out, out, h0, c0, w_hh, reverse):
     for k in range(length - 1, -1, -1):
         t = steps[k]
         c_prev = np.ascontiguousarray(c0, dtype=dtype) if k == 0 else out[steps[k - 1], :, 1]
-        np.tanh(out[t, :, 1], out=tanh_c)
-        cell(g_out[t], out[t], c_prev, tanh_c, dh, dc, dgates[t])
+        cell(g_out[t], out[t], c_prev, dh, dc, dgates[t], tanh_c, dc_now)
         np.matmul(dgates[t], w_hh, out=dh)
     flat = dgates.reshape(length * n, 4 * hs)
     d_w = flat.T @ prev_h.reshape(length * n, hs)
