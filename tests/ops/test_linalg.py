@@ -172,3 +172,15 @@ def test_weight_gradient_of_linear_on_3d_input_is_c_contiguous_and_matches_torch
     t(torch.tensor(x)).sum().backward()
     assert layer.weight.grad.data.flags.c_contiguous
     np.testing.assert_allclose(layer.weight.grad.numpy(), t.weight.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_stacked_column_major_right_operands_match_torch():
+    # attention's q @ k.transpose(-2, -1): a stack of small column-major matrices is copied to
+    # row-major before the per-matrix GEMMs; a large or a row-major one is used as it is
+    rng = np.random.default_rng(0)
+    for b_shape in [(2, 3, 16, 8), (2, 3, 200, 100)]:
+        q = rng.standard_normal(b_shape[:2] + (5, b_shape[2])).astype(np.float32)
+        k = rng.standard_normal(b_shape[:2] + (b_shape[3], b_shape[2])).astype(np.float32)
+        got = em.tensor(q) @ em.tensor(k).transpose(-2, -1)
+        want = torch.tensor(q) @ torch.tensor(k).transpose(-2, -1)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)

@@ -62,6 +62,10 @@ def _grad_b(g, out, a, b):
     return (g.mT @ a).mT if transposed and a.ndim == 2 else a.mT @ g
 
 
+#: matrices up to this many elements count as small (copying one costs less than its GEMM)
+SMALL_MATRIX_ELEMENTS = 1 << 14
+
+
 def _matmul_np(a, b):
     """np.matmul, but a stack of matrices times one matrix is a single GEMM: NumPy would call
     BLAS once per matrix of the stack, which is slower for the short matrices of a (B, T, C)
@@ -69,6 +73,11 @@ def _matmul_np(a, b):
     first: the copy costs far less than T small GEMMs."""
     if a.ndim > 2 and b.ndim == 2 and a.size:
         return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
+    if (b.ndim > 2 and b.strides[-1] != b.itemsize and b.shape[-1] > 1
+            and b.shape[-1] * b.shape[-2] <= SMALL_MATRIX_ELEMENTS):
+        # a stack of small column-major matrices (attention's k.transpose(-2, -1)): NumPy's
+        # per-matrix BLAS calls run about 2x slower on them than on a row-major copy
+        b = np.ascontiguousarray(b)
     return np.matmul(a, b)
 
 
