@@ -70,4 +70,38 @@ def test_gradients_through_the_row_kernel_match_eager():
     got = f(x).item(), x.grad.numpy()
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
-    assert len(_row_nodes(f)) == 2
+    described = [n.describe() for n in _row_nodes(f)]  # the backward's row sums run as kernels too
+    assert described.count("softmax by rows") == 1 and described.count("log_softmax by rows") == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, dims, keepdim, over", [
+    ((32, 64, 128), (2,), True, "rows"),         # layer norm's mean
+    ((32, 64, 128), (1, 2), False, "rows"),
+    ((32, 64, 128), (0, 1), True, "columns"),    # a bias gradient
+    ((5, 7), (0,), False, "columns"),
+    ((1 << 12, 257), (1,), False, "rows"),        # threaded: rows split over the cores
+    ((1 << 12, 257), (0,), True, "columns"),      # threaded: partial sums added
+])
+def test_sums_over_trailing_or_leading_axes_match_torch(dtype, shape, dims, keepdim, over):
+    x = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    f = em.jit(lambda x: x.sum(dims, keepdim=keepdim))
+    got = f(em.tensor(x)).numpy()
+    want = torch.tensor(x).sum(dims, keepdim=keepdim).numpy()
+    assert got.shape == want.shape and got.dtype == want.dtype
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.sqrt(x.size / want.size))
+    (node,) = _row_nodes(f)
+    assert node.describe() == f"sum by {over}"
+
+
+def test_sums_over_middle_axes_integers_and_strided_inputs_use_numpy():
+    f = em.jit(lambda x: x.sum((1,)))
+    f(em.randn(4, 5, 6))
+    g = em.jit(lambda x: x.sum((1,)))
+    g(em.tensor(np.arange(12).reshape(3, 4)))
+    assert not _row_nodes(f) and not _row_nodes(g)
+    # a transposed input reaches the kernel node non-contiguous: NumPy's sum computes it
+    h = em.jit(lambda x: x.transpose(0, 1).sum((1,)))
+    x = em.randn(6, 7)
+    np.testing.assert_allclose(h(x).numpy(), x.numpy().T.sum(1), rtol=1e-5)

@@ -1,4 +1,5 @@
-"""Softmax and log-softmax over the last axis as one numba kernel.
+"""Row kernels: softmax and log-softmax over the last axis, and sums over trailing or
+leading axes, as numba kernels.
 
 NumPy computes a softmax in five passes over the whole array (max, subtract, exp, sum,
 divide), each reading and writing it from memory. Here each row is done while it is in L1:
@@ -9,6 +10,11 @@ took 1.5 ms through NumPy.
 
 Only float32 (where the vectorizable exp exists) over the last axis is lowered; a softmax
 over another axis, or in float64, stays the primitive's NumPy forward.
+
+Sums: NumPy reduces a (2048, 128) array over its last axis in 82 us, pairwise by blocks of
+eight; a vectorized loop per row takes 14 us (layer norm's means and variances in gpt). Over
+leading axes (bias gradients) it adds rows one after another as NumPy does, 2x faster. A sum
+whose input is not C-contiguous at run time, or over other axes, is NumPy's.
 """
 
 from __future__ import annotations
@@ -69,6 +75,24 @@ def log_softmax_rows(x, out):
         shift = m + x.dtype.type(math.log(s))
         for j in range(x.shape[1]):
             out[r, j] = x[r, j] - shift
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def sum_rows(x, out):
+    for r in range(x.shape[0]):
+        s = x.dtype.type(0)
+        for j in range(x.shape[1]):
+            s += x[r, j]
+        out[r] = s
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def sum_columns(x, out):
+    for j in range(x.shape[1]):
+        out[j] = x[0, j]
+    for r in range(1, x.shape[0]):
+        for j in range(x.shape[1]):
+            out[j] += x[r, j]
 '''
 
 
@@ -89,8 +113,10 @@ class RowNode:
     def output(self):
         return self.outputs[0]
 
+    over = "rows"
+
     def describe(self):
-        return f"{self.name} by rows"
+        return f"{self.name} by {self.over}"
 
 
 def _make_kernel(name, shape, dtype):
@@ -113,16 +139,80 @@ def _make_kernel(name, shape, dtype):
     return run
 
 
+def _make_sum(in_shape, out_shape, dtype, split, over_rows):
+    """Sum of a C-contiguous ``in_shape`` array seen as (rows, width), split after ``split``
+    dims: over each row (trailing axes) or over the rows (leading axes)."""
+    module = load_kernel_module(_SOURCE)
+    rows, width = int(np.prod(in_shape[:split])), int(np.prod(in_shape[split:]))
+    size = rows * width
+    threaded = size >= THREADED_MIN_ELEMENTS
+    forward = _sum_forward
+    dims = tuple(range(split, len(in_shape))) if over_rows else tuple(range(split))
+    keepdim = len(out_shape) == len(in_shape)
+
+    def run(x):
+        if not x.flags.c_contiguous:
+            return (forward(x, dims, keepdim),)
+        x2 = x.reshape(rows, width)
+        if over_rows:
+            out = np.empty(rows, dtype)
+            if threaded:
+                threads.over_batch(rows, lambda lo, hi: module.sum_rows(x2[lo:hi], out[lo:hi]), size)
+            else:
+                module.sum_rows(x2, out)
+        elif threaded:  # each thread sums its rows; the partial sums are added in row order
+            def part(lo, hi):
+                partial = np.empty(width, dtype)
+                module.sum_columns(x2[lo:hi], partial)
+                return partial
+            parts = threads.over_batch(rows, part, size)
+            out = parts[0]
+            for p in parts[1:]:
+                out += p
+        else:
+            out = np.empty(width, dtype)
+            module.sum_columns(x2, out)
+        return (out.reshape(out_shape),)
+
+    run.source = _SOURCE
+    return run
+
+
+def _sum_forward(x, dims, keepdim):
+    from ..ops.reduce import SUM  # the primitive's own NumPy forward, for other layouts
+
+    return SUM.forward(x, dims, keepdim)
+
+
+def _sum_split(node):
+    """(split, over_rows) when ``node`` sums trailing axes (over_rows) or leading axes of a
+    float array of >= 2 dims into a non-empty result; else None."""
+    (x,) = node.inputs
+    nd, dims = len(x.shape), tuple(sorted(node.attrs["dims"]))
+    if x.dtype not in (np.float32, np.float64) or nd < 2 or not dims or len(dims) == nd or 0 in x.shape:
+        return None
+    if dims == tuple(range(nd - len(dims), nd)):
+        return nd - len(dims), True
+    if dims == tuple(range(len(dims))):
+        return len(dims), False
+    return None
+
+
 def lower_rowwise(graph):
-    """Replace float32 softmax/log_softmax nodes over the last axis by the row kernels."""
+    """Replace float32 softmax/log_softmax nodes over the last axis, and float sums over
+    trailing or leading axes, by the row kernels."""
     nodes = []
     for node in graph.nodes:
         shape = node.output.shape
-        if (getattr(node.op, "name", None) in ("softmax", "log_softmax") and node.output.dtype == np.float32
+        name = getattr(node.op, "name", None)
+        if (name in ("softmax", "log_softmax") and node.output.dtype == np.float32
                 and len(shape) >= 1 and node.attrs.get("dim") == len(shape) - 1 and int(np.prod(shape)) > 0
                 and node.inputs[0].dtype == np.float32):
-            node = RowNode(node.op.name, list(node.inputs), node.output,
-                           _make_kernel(node.op.name, shape, node.output.dtype))
+            node = RowNode(name, list(node.inputs), node.output, _make_kernel(name, shape, node.output.dtype))
+        elif name == "sum" and not hasattr(node, "outputs") and (split := _sum_split(node)) is not None:
+            kernel = _make_sum(node.inputs[0].shape, shape, node.output.dtype, *split)
+            node = RowNode("sum", list(node.inputs), node.output, kernel)
+            node.over = "rows" if split[1] else "columns"
         nodes.append(node)
     graph.nodes = nodes
     return graph
