@@ -8,7 +8,7 @@ from jit_helpers import GraphBuilder, op_names, run_graph
 import ember as em
 import ember.nn.functional as F
 from ember.compiler import passes
-from ember.compiler.passes import CallNode
+from ember.compiler.ir import KernelNode
 
 RNG = np.random.default_rng(0)
 
@@ -250,7 +250,7 @@ def test_scatter_sums_adds_slices_into_one_buffer():
     graph, _, _ = f.trace(x)
     assert op_names(graph).count("index_put") == 3
     graph = passes.scatter_sums(passes.fold(passes.dce(graph)))
-    calls = [n for n in graph.nodes if isinstance(n, CallNode)]
+    calls = [n for n in graph.nodes if isinstance(n, KernelNode)]
     assert len(calls) == 1 and "scatter_sum" in calls[0].describe()
     assert "index_put" not in op_names(graph)
     assert all(getattr(n.op, "name", "") != "add" or n.output.shape != (6, 3) for n in graph.nodes)

@@ -12,31 +12,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from .ir import KernelNode
 from .kernels import make_kernel
 
 #: groups smaller than this many elements stay NumPy calls unless they fuse several ops
 MIN_SINGLE_OP_ELEMENTS = 1 << 14
 
 
-class FusedNode:
+class FusedNode(KernelNode):
     """A fused group: several elementwise nodes computed by one kernel."""
 
-    class _Op:
-        name = "fused"
-        scalar = None
-
-    op = _Op()
-
     def __init__(self, members, inputs, outputs, kernel):
-        self.members, self.inputs, self.outputs, self.kernel = members, inputs, outputs, kernel
-        self.attrs = {}
-
-    @property
-    def output(self):
-        return self.outputs[0]
-
-    def describe(self):
-        return " + ".join(m.op.name for m in self.members)
+        super().__init__(" + ".join(m.op.name for m in members), inputs, outputs, kernel)
+        self.op.name = "fused"
+        self.members = members
 
 
 def fusible(node):

@@ -46,6 +46,29 @@ class Node:
         self.scope = scope  # the module path that made it, e.g. "blocks.0.attn" (for names)
 
 
+class KernelNode:
+    """A node that passes after fusion made: a kernel (a fused numba kernel, or a Python
+    function over arrays) returning a tuple of outputs, ``kernel(*input_arrays)``."""
+
+    class _Op:
+        scalar = None
+
+        def __init__(self, name):
+            self.name = name
+
+    def __init__(self, label, inputs, outputs, kernel):
+        self.op = KernelNode._Op(label)
+        self.label, self.inputs, self.outputs, self.kernel = label, list(inputs), list(outputs), kernel
+        self.attrs = {}
+
+    @property
+    def output(self):
+        return self.outputs[0]
+
+    def describe(self):
+        return self.label
+
+
 def _fmt_attr(v):
     if isinstance(v, np.ndarray):
         return f"array{list(v.shape)}"

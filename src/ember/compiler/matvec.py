@@ -19,6 +19,7 @@ import numpy as np
 
 from ..ops import threads
 from . import fusion
+from .ir import KernelNode
 from .kernels import element_body, kernel_imports, kernel_parameters, load_kernel_module
 
 #: rows of the left operand up to which a matmul is a matrix-vector product
@@ -89,28 +90,6 @@ def kernel_source(epilogue=None, product="x0", parallel=True):
     members = epilogue["members"] if epilogue is not None else []
     return "\n".join(["# ember matrix-vector kernel (format 1)", *kernel_imports(members), "", "", _DOT, "",
                       "\n".join(lines), ""])
-
-
-class MatVecNode:
-    """A matmul (and the elementwise group it feeds) run by the matrix-vector kernel."""
-
-    class _Op:
-        name = "matvec"
-        scalar = None
-
-    op = _Op()
-
-    def __init__(self, inputs, outputs, kernel, epilogue=""):
-        self.inputs, self.outputs, self.kernel = inputs, outputs, kernel
-        self.attrs = {}
-        self.epilogue = epilogue
-
-    @property
-    def output(self):
-        return self.outputs[0]
-
-    def describe(self):
-        return "matvec" + (f" + {self.epilogue}" if self.epilogue else "")
 
 
 def _make_kernel(rows, depth, size, dtype, weight_is_transposed, group=None, product_position=None):
@@ -213,12 +192,12 @@ def lower_matvec(graph):
         group = _epilogue(graph, i, uses, produced_at)
         if group is None:
             kernel = _make_kernel(rows, depth, size, node.output.dtype, transposed)
-            replaced[id(node)] = MatVecNode([a, w], [node.output], kernel)
+            replaced[id(node)] = KernelNode("matvec", [a, w], [node.output], kernel)
             continue
         position = next(k for k, x in enumerate(group.inputs) if x is node.output)
         kernel = _make_kernel(rows, depth, size, node.output.dtype, transposed, group, position)
         others = [x for k, x in enumerate(group.inputs) if k != position]
-        replaced[id(node)] = MatVecNode([a, w] + others, group.outputs, kernel, group.describe())
+        replaced[id(node)] = KernelNode(f"matvec + {group.describe()}", [a, w] + others, group.outputs, kernel)
         replaced[id(group.members[0])] = replaced[id(group)] = None
     graph.nodes = [replaced.get(id(n), n) for n in graph.nodes if replaced.get(id(n), n) is not None]
     return graph

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import Value
+from .ir import KernelNode, Value
 
 #: primitives that must run every time even if two calls look identical
 IMPURE = {"random"}
@@ -210,28 +210,6 @@ def simplify(graph):
     return dce(graph)
 
 
-class CallNode:
-    """A node computed by a Python function over arrays (made by passes such as scatter_sums);
-    like a fused kernel it returns a tuple of outputs."""
-
-    class _Op:
-        name = "call"
-        scalar = None
-
-    def __init__(self, label, inputs, outputs, kernel):
-        self.op = CallNode._Op()
-        self.op.name = label
-        self.label, self.inputs, self.outputs, self.kernel = label, inputs, outputs, kernel
-        self.attrs = {}
-
-    @property
-    def output(self):
-        return self.outputs[0]
-
-    def describe(self):
-        return self.label
-
-
 def _uses(graph):
     count = {}
     for node in graph.nodes:
@@ -301,7 +279,7 @@ def scatter_sums(graph):
                     buf[index] += values
             return (buf,)
 
-        replaced[node.output.id] = CallNode(f"scatter_sum[{len(scatters)} slices]", inputs, [node.output], run)
+        replaced[node.output.id] = KernelNode(f"scatter_sum[{len(scatters)} slices]", inputs, [node.output], run)
     if replaced:
         graph.nodes = [replaced.get(n.output.id, n) if not hasattr(n, "outputs") else n for n in graph.nodes]
         graph = dce(graph)

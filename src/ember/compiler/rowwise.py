@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops import threads
+from .ir import KernelNode
 from .kernels import THREADED_MIN_ELEMENTS, load_kernel_module
 
 _SOURCE = '''# ember row-wise softmax kernels (format 1)
@@ -94,29 +95,6 @@ def sum_columns(x, out):
         for j in range(x.shape[1]):
             out[j] += x[r, j]
 '''
-
-
-class RowNode:
-    """A softmax or log-softmax node run by the row kernel."""
-
-    class _Op:
-        name = "rowwise"
-        scalar = None
-
-    op = _Op()
-
-    def __init__(self, name, inputs, output, kernel):
-        self.name, self.inputs, self.outputs, self.kernel = name, inputs, [output], kernel
-        self.attrs = {}
-
-    @property
-    def output(self):
-        return self.outputs[0]
-
-    over = "rows"
-
-    def describe(self):
-        return f"{self.name} by {self.over}"
 
 
 def _make_kernel(name, shape, dtype):
@@ -208,11 +186,11 @@ def lower_rowwise(graph):
         if (name in ("softmax", "log_softmax") and node.output.dtype == np.float32
                 and len(shape) >= 1 and node.attrs.get("dim") == len(shape) - 1 and int(np.prod(shape)) > 0
                 and node.inputs[0].dtype == np.float32):
-            node = RowNode(name, list(node.inputs), node.output, _make_kernel(name, shape, node.output.dtype))
+            kernel = _make_kernel(name, shape, node.output.dtype)
+            node = KernelNode(f"{name} by rows", node.inputs, [node.output], kernel)
         elif name == "sum" and not hasattr(node, "outputs") and (split := _sum_split(node)) is not None:
             kernel = _make_sum(node.inputs[0].shape, shape, node.output.dtype, *split)
-            node = RowNode("sum", list(node.inputs), node.output, kernel)
-            node.over = "rows" if split[1] else "columns"
+            node = KernelNode(f"sum by {'rows' if split[1] else 'columns'}", node.inputs, [node.output], kernel)
         nodes.append(node)
     graph.nodes = nodes
     return graph
