@@ -53,6 +53,8 @@ def _row_shift(x, r):
     return m if math.isfinite(m) else x.dtype.type(0)
 
 
+# softmax_rows and log_softmax_rows each keep their own loops: sharing the exp-and-sum loop
+# as a helper called per row made both ~40% slower
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
 def softmax_rows(x, out):
     for r in range(x.shape[0]):
