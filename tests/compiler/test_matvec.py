@@ -138,3 +138,30 @@ def test_a_product_needed_elsewhere_is_not_absorbed_and_gradients_match_eager():
     for p_jit, p_eager in zip(opt_model.parameters(), model.parameters()):
         np.testing.assert_allclose(p_jit.grad.numpy(), p_eager.grad.numpy(), rtol=1e-4, atol=1e-6)
     assert _matvec_nodes(compiled_graph(jitted))  # the forward products at batch 2
+
+
+class _JitInference:
+    """A dataset whose items are batch-1 jitted inferences: DataLoader workers fork."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        with em.no_grad():
+            return self.f(em.ones(1, 512) * i).numpy()[0]
+
+
+def test_forked_dataloader_workers_run_the_parallel_kernel_after_the_parent_did():
+    em.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 512), nn.ReLU())
+    model.eval()
+    f = em.jit(model)
+    with em.no_grad():
+        f(em.ones(1, 512))  # the parent's OpenMP pool is running when the workers fork
+        want = np.stack([model(em.ones(1, 512) * i).numpy()[0] for i in range(4)])
+    assert _matvec_nodes(compiled_graph(f))
+    batches = list(em.data.DataLoader(_JitInference(f), batch_size=2, num_workers=2))
+    np.testing.assert_allclose(np.concatenate([b.numpy() for b in batches]), want, rtol=1e-5, atol=1e-6)
