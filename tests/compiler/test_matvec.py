@@ -165,3 +165,13 @@ def test_forked_dataloader_workers_run_the_parallel_kernel_after_the_parent_did(
     assert _matvec_nodes(compiled_graph(f))
     batches = list(em.data.DataLoader(_JitInference(f), batch_size=2, num_workers=2))
     np.testing.assert_allclose(np.concatenate([b.numpy() for b in batches]), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_group_fed_by_two_products_is_absorbed_by_the_later_one_only():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 512)).astype(np.float32)
+    w1, w2 = (rng.standard_normal((512, 512)).astype(np.float32) for _ in range(2))
+    f = em.jit(lambda x, w1, w2: (x @ w1.T + x @ w2.T).relu())
+    got = f(em.tensor(x), em.tensor(w1), em.tensor(w2)).numpy()
+    np.testing.assert_allclose(got, np.maximum(x @ w1.T + x @ w2.T, 0), rtol=1e-5, atol=1e-4)
+    assert [n.describe() for n in _matvec_nodes(compiled_graph(f))] == ["matvec", "matvec + add + relu"]
