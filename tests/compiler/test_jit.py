@@ -284,6 +284,22 @@ def test_debug_prints_passes_and_generated_code(capsys):
     assert "--- kernel for" in out and "@numba.njit" in out
 
 
+def test_debug_prints_every_kind_of_kernel_node(capsys):
+    # a GRU's steps make scatter sums (Python functions); the batch-1 classifier a matvec kernel
+    gru, head = nn.GRU(8, 16), nn.Linear(16, 300)
+
+    def step(x):
+        out, _ = gru(x)
+        loss = (head(out[-1][:1]) ** 2).sum()
+        loss.backward()
+        return loss
+
+    em.jit(step, debug=True)(em.randn(5, 3, 8))
+    out = capsys.readouterr().out
+    assert "--- kernel for scatter_sum[" in out and "(Python: " in out
+    assert "--- kernel for matvec" in out and "def dot_range" in out
+
+
 def test_debug_environment_variable(capsys, monkeypatch):
     f = em.jit(lambda x: (x * 2.0 + 1.0).relu())
     monkeypatch.setenv("EMBER_JIT_DEBUG", "1")

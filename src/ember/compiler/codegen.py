@@ -88,6 +88,7 @@ def build_runner(graph, debug=False):
     if debug:
         print("--- generated code\n" + source)
         for node in graph.nodes:
-            if getattr(node, "outputs", None) is not None:
-                print(f"--- kernel for {node.describe()}\n{node.kernel.source}")
+            if getattr(node, "outputs", None) is not None:  # a pass's Python function has no source file
+                text = getattr(node.kernel, "source", None) or f"(Python: {node.kernel.__qualname__})"
+                print(f"--- kernel for {node.describe()}\n{text}")
     return run
