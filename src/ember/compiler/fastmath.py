@@ -87,6 +87,7 @@ def _sigmoid32(x):
     return (np.float32(1.0) if x >= 0 else e) / (np.float32(1.0) + e)
 
 
+@numba.njit(nogil=True, error_model="numpy")
 def _sigmoid64(x):
     e = math.exp(-abs(x))
     return (1.0 if x >= 0 else e) / (1.0 + e)
@@ -111,8 +112,7 @@ def fast_sigmoid(x):
 def _fast_sigmoid(x):
     if x == types.float32:
         return lambda x: _sigmoid32(x)
-    sigmoid64 = numba.njit(error_model="numpy")(_sigmoid64)
-    return lambda x: sigmoid64(x)
+    return lambda x: _sigmoid64(x)
 
 
 @overload(fast_exp)

@@ -166,16 +166,22 @@ def _build(graph, group, uses_outside, in_place, escaping):
     return fused
 
 
-def build_group(graph, nodes):
-    """A FusedNode computing ``nodes`` (elementwise, of one shape, in order) with no state
-    written in place; values used after them are its outputs."""
-    values = {n.output.id for n in nodes}
-    members = set(map(id, nodes))
-    outside = {v.id for v in graph.roots()} & values
+def _used_outside(graph, group, roots):
+    """Ids of the group's values read outside it: graph roots, or inputs of other nodes."""
+    values, members = group["values"], set(map(id, group["nodes"]))
+    outside = roots & values
     for node in graph.nodes:
         if id(node) not in members:
             outside.update(v.id for v in node.inputs if v.id in values)
-    group = {"start": None, "shape": nodes[0].output.shape, "nodes": list(nodes), "values": values}
+    return outside
+
+
+def build_group(graph, nodes):
+    """A FusedNode computing ``nodes`` (elementwise, of one shape, in order) with no state
+    written in place; values used after them are its outputs."""
+    group = {"start": None, "shape": nodes[0].output.shape, "nodes": list(nodes),
+             "values": {n.output.id for n in nodes}}
+    outside = _used_outside(graph, group, {v.id for v in graph.roots()})
     return _build(graph, group, outside, {}, _escaping(graph))
 
 
@@ -221,12 +227,7 @@ def fuse_elementwise(graph):
     groups = _groups(graph)
     replaced = {}
     for g in groups:
-        values = g["values"]
-        outside = set(roots & values)
-        for node in graph.nodes:
-            if node.output.id in values and node in g["nodes"]:
-                continue
-            outside.update(v.id for v in node.inputs if v.id in values)
+        outside = _used_outside(graph, g, roots)
         size = int(np.prod(g["shape"])) if g["shape"] else 1
         if len(g["nodes"]) == 1 and size < MIN_SINGLE_OP_ELEMENTS:
             continue  # one small op: NumPy is as fast and needs no compilation

@@ -47,8 +47,9 @@ class Node:
 
 
 class KernelNode:
-    """A node that passes after fusion made: a kernel (a fused numba kernel, or a Python
-    function over arrays) returning a tuple of outputs, ``kernel(*input_arrays)``."""
+    """A node made by a pass (fusion, the matvec and row lowerings, scatter sums): a kernel,
+    numba or a Python function over arrays, returning a tuple of outputs,
+    ``kernel(*input_arrays)``."""
 
     class _Op:
         scalar = None

@@ -149,21 +149,21 @@ def _candidate(node):
     return a.shape[0] <= MAX_ROWS and MIN_ELEMENTS <= b.shape[0] * b.shape[1] <= MAX_ELEMENTS
 
 
-def _epilogue(graph, index, uses, produced_at):
+def _epilogue(graph, index, uses, produced_at, roots):
     """The fused elementwise group (or single elementwise node) that alone reads node
     ``index``'s product and can run where the product is made (its other inputs already
     exist, it writes no state), as a FusedNode; else None."""
     v = graph.nodes[index].output
-    if uses.get(v.id, 0) != 1 or v.id in {r.id for r in graph.roots()}:
+    if uses.get(v.id, 0) != 1 or v.id in roots:
         return None
     consumer = next(n for n in graph.nodes[index + 1:] if any(x is v for x in n.inputs))
+    if any(x is not v and produced_at.get(x.id, -1) > index for x in consumer.inputs):
+        return None
     if not hasattr(consumer, "outputs") and fusion.fusible(consumer) and consumer.output.shape == v.shape:
         # one elementwise op left unfused for its size (a classifier's bias): a group of one
         consumer = fusion.build_group(graph, [consumer])
     spec = getattr(consumer, "spec", None)
     if spec is None or spec["shape"] != tuple(v.shape) or spec["aliases"] or getattr(consumer, "in_place", None):
-        return None
-    if any(x is not v and produced_at.get(x.id, -1) > index for x in consumer.inputs):
         return None
     return consumer
 
@@ -179,6 +179,7 @@ def lower_matvec(graph):
             uses[x.id] = uses.get(x.id, 0) + 1
         for out in getattr(node, "outputs", None) or [node.output]:
             produced_at[out.id] = i
+    roots = {v.id for v in graph.roots()}
     replaced = {}
     for i, node in enumerate(graph.nodes):
         if not _candidate(node):
@@ -189,7 +190,7 @@ def lower_matvec(graph):
         w = b.node.inputs[0] if transposed else b
         rows, size = node.output.shape
         depth = a.shape[1]
-        group = _epilogue(graph, i, uses, produced_at)
+        group = _epilogue(graph, i, uses, produced_at, roots)
         if group is None:
             kernel = _make_kernel(rows, depth, size, node.output.dtype, transposed)
             replaced[id(node)] = KernelNode("matvec", [a, w], [node.output], kernel)

@@ -119,20 +119,19 @@ def _make_kernel(name, shape, dtype):
     return run
 
 
-def _make_sum(in_shape, out_shape, dtype, split, over_rows):
-    """Sum of a C-contiguous ``in_shape`` array seen as (rows, width), split after ``split``
+def _make_sum(node, split, over_rows):
+    """The sum ``node`` of a C-contiguous input seen as (rows, width), split after ``split``
     dims: over each row (trailing axes) or over the rows (leading axes)."""
     module = load_kernel_module(_SOURCE)
+    in_shape, out_shape, dtype = node.inputs[0].shape, node.output.shape, node.output.dtype
     rows, width = int(np.prod(in_shape[:split])), int(np.prod(in_shape[split:]))
     size = rows * width
     threaded = size >= THREADED_MIN_ELEMENTS
-    forward = _sum_forward
-    dims = tuple(range(split, len(in_shape))) if over_rows else tuple(range(split))
-    keepdim = len(out_shape) == len(in_shape)
+    forward, attrs = node.op.forward, node.attrs  # the primitive's NumPy sum, for other layouts
 
     def run(x):
         if not x.flags.c_contiguous:
-            return (forward(x, dims, keepdim),)
+            return (forward(x, **attrs),)
         x2 = x.reshape(rows, width)
         if over_rows:
             out = np.empty(rows, dtype)
@@ -156,12 +155,6 @@ def _make_sum(in_shape, out_shape, dtype, split, over_rows):
 
     run.source = _SOURCE
     return run
-
-
-def _sum_forward(x, dims, keepdim):
-    from ..ops.reduce import SUM  # the primitive's own NumPy forward, for other layouts
-
-    return SUM.forward(x, dims, keepdim)
 
 
 def _sum_split(node):
@@ -191,7 +184,7 @@ def lower_rowwise(graph):
             kernel = _make_kernel(name, shape, node.output.dtype)
             node = KernelNode(f"{name} by rows", node.inputs, [node.output], kernel)
         elif name == "sum" and not hasattr(node, "outputs") and (split := _sum_split(node)) is not None:
-            kernel = _make_sum(node.inputs[0].shape, shape, node.output.dtype, *split)
+            kernel = _make_sum(node, *split)
             node = KernelNode(f"sum by {'rows' if split[1] else 'columns'}", node.inputs, [node.output], kernel)
         nodes.append(node)
     graph.nodes = nodes
