@@ -346,6 +346,16 @@ def test_max_pool_nan_wins_like_torch():
         check(f, f, [x])
 
 
+def test_max_pool_2x2_kernels_on_strided_and_float64_inputs_match_torch():
+    # the tiled 2x2 window runs as a numba kernel: inputs that are views, and float64
+    f = lambda x: P(x).max_pool2d(x.transpose(2, 3), 2)
+    check(f, f, [(2, 3, 6, 8)])
+    x = rng.standard_normal((2, 3, 4, 6))
+    x[0, 1, 2, 3] = np.nan
+    g = lambda x: P(x).max_pool2d(x, 2, return_indices=True)
+    check(g, g, [x])
+
+
 AVGPOOL_CASES = [
     ((2, 3, 6, 6), dict(kernel_size=2)),
     ((2, 3, 7, 6), dict(kernel_size=3, stride=2, padding=1)),

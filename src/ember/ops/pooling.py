@@ -5,7 +5,9 @@ where ``x`` is largest (the first maximum, or the last NaN, as PyTorch); ``max_p
 ``pool_select(x, x)``. ``pool_scatter(g, x)`` sends each ``g`` back to that position. Each is
 the other's gradient with respect to its first input; neither depends smoothly on ``x``.
 Both loop over the kh*kw kernel offsets with strided views, so the work is a few
-whole-array passes instead of an argmax over tiny window axes.
+whole-array passes instead of an argmax over tiny window axes. The common 2x2 window of
+stride 2 that tiles the image runs as a numba loop instead (one pass, about 3x faster than
+the four NumPy passes, and the backward writes each input position once).
 """
 
 from __future__ import annotations
@@ -16,6 +18,64 @@ import numpy as np
 
 from . import threads
 from .registry import apply, primitive
+
+_SOURCE = '''# ember 2x2 max pooling kernels (format 1)
+import numba
+
+# Each loop runs over 1-D row views and touches at most three of them, so that LLVM can
+# vectorize it (see ops/rnn.py). A NaN takes its window, the last NaN winning, as in PyTorch.
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def select_2x2(x, best, idx):
+    n, c, ho, wo = best.shape
+    for a in range(n):
+        for ch in range(c):
+            for i in range(ho):
+                r0, r1 = x[a, ch, 2 * i], x[a, ch, 2 * i + 1]
+                b_row, i_row = best[a, ch, i], idx[a, ch, i]
+                for j in range(wo):
+                    m = r0[2 * j]
+                    v = r0[2 * j + 1]
+                    t1 = (v > m) | (v != v)
+                    m = v if t1 else m
+                    v = r1[2 * j]
+                    t2 = (v > m) | (v != v)
+                    m = v if t2 else m
+                    v = r1[2 * j + 1]
+                    t3 = (v > m) | (v != v)
+                    b_row[j] = v if t3 else m
+                    i_row[j] = 3 if t3 else (2 if t2 else (1 if t1 else 0))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def scatter_2x2(g, idx, out):
+    n, c, ho, wo = g.shape
+    zero = out.dtype.type(0)
+    for a in range(n):
+        for ch in range(c):
+            for i in range(ho):
+                g_row, i_row = g[a, ch, i], idx[a, ch, i]
+                for p in range(2):
+                    row = out[a, ch, 2 * i + p]
+                    k = 2 * p
+                    for j in range(wo):
+                        row[2 * j] = g_row[j] if i_row[j] == k else zero
+                        row[2 * j + 1] = g_row[j] if i_row[j] == k + 1 else zero
+'''
+
+
+def _kernels():
+    from ..compiler.kernels import load_kernel_module  # here: numba only when a pooling runs
+
+    return load_kernel_module(_SOURCE)  # cached by the source's hash
+
+
+def _tiles_2x2(x, kernel, stride, dilation, pads, out_size):
+    """True for the window the numba kernels handle: 2x2, stride 2, tiling the whole image."""
+    return (kernel == (2, 2) and stride == (2, 2) and dilation == (1, 1) and not any(pads)
+            and x.shape[2] == 2 * out_size[0] and x.shape[3] == 2 * out_size[1]
+            and x.dtype in (np.float32, np.float64))
 
 
 def _offsets(kernel, stride, dilation, out_size):
@@ -39,12 +99,19 @@ def _winner(x, kernel, stride, dilation, pads, out_size):
     """(max values, index of the winning kernel offset) per window."""
     key = (id(x), kernel, stride, dilation, pads, out_size)
     xp = _padded(x, pads, -np.inf)
-    has_nan = x.dtype.kind == "f" and bool(np.isnan(x).any())
     best = np.empty(x.shape[:2] + tuple(out_size), dtype=x.dtype)
     idx = np.zeros(best.shape, dtype=np.int16)
+    tiled = _tiles_2x2(x, kernel, stride, dilation, pads, out_size)
+    if tiled:
+        select_2x2 = _kernels().select_2x2
+    else:
+        has_nan = x.dtype.kind == "f" and bool(np.isnan(x).any())
 
     def part(lo, hi):
         b, k_idx = best[lo:hi], idx[lo:hi]
+        if tiled:
+            select_2x2(xp[lo:hi], b, k_idx)
+            return
         for k, (rs, cs) in enumerate(_offsets(kernel, stride, dilation, out_size)):
             v = xp[lo:hi, :, rs, cs]
             if k == 0:
@@ -87,8 +154,13 @@ def _select_np(h, x, kernel, stride, dilation, pads, out_size):
 
 def _scatter_np(g, x, kernel, stride, dilation, pads, out_size):
     idx = _winner_index(x, kernel, stride, dilation, pads, out_size)
-    t, b, lf, r = pads
     n, c, h, w = x.shape
+    if _tiles_2x2(x, kernel, stride, dilation, pads, out_size) and g.dtype == x.dtype:
+        scatter_2x2 = _kernels().scatter_2x2
+        full = np.empty(x.shape, dtype=g.dtype)  # the kernel writes every position
+        threads.over_batch(n, lambda lo, hi: scatter_2x2(g[lo:hi], idx[lo:hi], full[lo:hi]), 2 * full.size)
+        return full
+    t, b, lf, r = pads
     out = np.zeros((n, c, h + t + b, w + lf + r), dtype=g.dtype)
     disjoint = all(s >= (k - 1) * d + 1 for k, s, d in zip(kernel, stride, dilation))
 
