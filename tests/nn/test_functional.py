@@ -266,6 +266,12 @@ CONVT_CASES = [
     ((1, 2, 4, 4), (2, 2, 3, 3), True, dict(dilation=2, padding=1)),
     ((1, 2, 3, 3), (2, 2, 3, 3), True, dict(stride=2, dilation=2, output_padding=1)),
     ((3, 4, 4), (3, 2, 3, 3), True, dict(stride=2)),                          # unbatched
+    # stride 1, output the input's size (a "same" convolution's input gradient): numba col2im
+    ((2, 3, 5, 6), (3, 2, 3, 3), True, dict(padding=1)),
+    ((1, 4, 4, 5), (4, 3, 3, 3), True, dict(padding=1, groups=2)),
+    ((1, 2, 5, 5), (2, 2, 3, 3), False, dict(padding=2, dilation=2)),
+    ((1, 2, 4, 5), (2, 3, 1, 3), True, dict(padding=(0, 1))),
+    ((1, 2, 3, 3), (2, 2, 5, 5), True, dict(padding=2)),
 ]
 
 
@@ -275,6 +281,16 @@ def test_conv_transpose2d_matches_torch(xs, ws, bias, kw):
     b = [(ws[1] * kw.get("groups", 1),)] if bias else []
     check(f, f, [xs, ws] + b)
     check_fd(f, [_one_image(xs), ws] + b)
+
+
+def test_conv_transpose2d_same_size_keeps_infinities_in_their_windows_like_torch():
+    # the col2im kernel masks the shifts that would wrap into the next row: an inf at an edge
+    # must reach only the outputs whose window holds it (a multiply by a 0/1 mask gives NaN)
+    x = rng.standard_normal((1, 2, 4, 5)).astype(np.float32)
+    x[0, 0, 1, 0], x[0, 1, 2, 4] = np.inf, -np.inf
+    w = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    res = [lib.nn.functional.conv_transpose2d(lib.tensor(x), lib.tensor(w), padding=1).numpy() for lib in (em, torch)]
+    np.testing.assert_allclose(res[0], res[1], rtol=1e-5, atol=1e-5)
 
 
 def test_conv_errors_name_op_and_shapes():
