@@ -4,9 +4,12 @@ Written with ember's elementwise ops, an LSTM layer is ~15 nodes per time step; 
 then sums one (4H, N) x (N, H) weight-gradient GEMM per step and runs the cell's dozen
 elementwise passes per step as separate NumPy calls. Here the whole recurrence is one node:
 
-  forward   per step one GEMM ``h @ w_hh.T`` and one numba loop for the cell;
-  backward  per step one numba loop for the cell's gradient and one GEMM ``dgates @ w_hh``;
+  forward   per step one GEMM ``w_hh @ h.T`` and one numba loop for the cell;
+  backward  per step one numba loop for the cell's gradient and one GEMM ``w_hh.T @ dgates.T``;
             the weight gradient is a single GEMM over all steps afterwards.
+
+The per-step products are computed transposed because OpenBLAS runs a skinny (4H x H) x
+(H x N) product much faster than the (N x H) x (H x 4H) one with the same operands.
 
 Inputs: ``xp`` (L, N, 4H), the input projection with both biases (computed by the layer
 with one matmul), ``h0`` and ``c0`` (N, H), ``w_hh`` (4H, H); gate order i, f, g, o
@@ -26,7 +29,7 @@ from ..autograd.engine import GradMode
 from ..errors import OpError, ShapeError
 from .registry import Meta, apply, primitive
 
-_SOURCE = '''# ember LSTM cell kernels (format 3)
+_SOURCE = '''# ember LSTM cell kernels (format 4)
 import numba
 
 from ember.compiler.fastmath import fast_sigmoid, fast_tanh
@@ -37,19 +40,23 @@ from ember.compiler.fastmath import fast_sigmoid, fast_tanh
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def cell_forward(hw, x_t, c_prev, out_t):
-    # pre-activations hw + x_t -> gates i, f, g, o, then c and h, into out_t's rows
+def cell_forward(hw_t, x_t, c_prev, out_t, pre):
+    # pre-activations hw_t.T + x_t -> gates i, f, g, o, then c and h, into out_t's rows;
+    # hw_t: (4H, N), the recurrent product as the GEMM wrote it; pre: a (4H,) scratch row
     n, hs = c_prev.shape
     for a in range(n):
         h, c, i, f, g, o = out_t[a, 0], out_t[a, 1], out_t[a, 2], out_t[a, 3], out_t[a, 4], out_t[a, 5]
         cp = c_prev[a]
+        hw_a, x_a = hw_t[:, a], x_t[a]
+        for j in range(4 * hs):
+            pre[j] = hw_a[j] + x_a[j]
         for k, act in ((0, i), (1, f), (3, o)):
-            hk, xk = hw[a, k * hs:(k + 1) * hs], x_t[a, k * hs:(k + 1) * hs]
+            pk = pre[k * hs:(k + 1) * hs]
             for j in range(hs):
-                act[j] = fast_sigmoid(hk[j] + xk[j])
-        hk, xk = hw[a, 2 * hs:3 * hs], x_t[a, 2 * hs:3 * hs]
+                act[j] = fast_sigmoid(pk[j])
+        pk = pre[2 * hs:3 * hs]
         for j in range(hs):
-            g[j] = fast_tanh(hk[j] + xk[j])
+            g[j] = fast_tanh(pk[j])
         for j in range(hs):
             c[j] = f[j] * cp[j] + i[j] * g[j]
         for j in range(hs):
@@ -100,13 +107,15 @@ def _sequence_np(xp, h0, c0, w_hh, reverse):
     hs = gates // 4
     dtype = np.result_type(xp.dtype, w_hh.dtype)
     out = np.empty((length, n, 6, hs), dtype=dtype)
-    w_t = np.ascontiguousarray(w_hh.T)  # BLAS is a third faster on it than on the transposed view
     cell = _kernels().cell_forward
     h, c = h0, np.ascontiguousarray(c0, dtype=dtype)
-    hw = np.empty((n, gates), dtype=dtype)
+    # the product transposed, w_hh @ h.T: OpenBLAS runs this shape ~1.9x faster than h @ w_hh.T
+    # (52 vs 100 us for 32 x 256 x 1024 on two threads); the cell reads its columns
+    hw_t = np.empty((gates, n), dtype=dtype)
+    pre = np.empty(gates, dtype=dtype)
     for t in _order(length, reverse):
-        np.matmul(h, w_t, out=hw)
-        cell(hw, xp[t], c, out[t])
+        np.matmul(w_hh, h.T, out=hw_t)
+        cell(hw_t, xp[t], c, out[t], pre)
         h, c = out[t, :, 0], out[t, :, 1]
     return out
 
@@ -118,7 +127,11 @@ def _grad_np(g_out, out, h0, c0, w_hh, reverse):
     cell = _kernels().cell_backward
     dgates = np.empty((length, n, 4 * hs), dtype=dtype)
     dh = np.zeros((n, hs), dtype=dtype)
+    # the product transposed, w_hh.T @ dgates.T, as in the forward (~1.2x faster), then copied
+    # back (32 KB: cheaper than the cell reading its columns)
+    dh_t = np.empty((hs, n), dtype=dtype)
     dc = np.zeros((n, hs), dtype=dtype)
+    w_t = np.ascontiguousarray(w_hh.T)
     tanh_c, dc_now = np.empty(hs, dtype=dtype), np.empty(hs, dtype=dtype)
     steps = list(_order(length, reverse))
     prev_h = np.empty((length, n, hs), dtype=dtype)  # the h each step read
@@ -128,7 +141,8 @@ def _grad_np(g_out, out, h0, c0, w_hh, reverse):
         t = steps[k]
         c_prev = np.ascontiguousarray(c0, dtype=dtype) if k == 0 else out[steps[k - 1], :, 1]
         cell(g_out[t], out[t], c_prev, dh, dc, dgates[t], tanh_c, dc_now)
-        np.matmul(dgates[t], w_hh, out=dh)
+        np.matmul(w_t, dgates[t].T, out=dh_t)
+        np.copyto(dh, dh_t.T)
     flat = dgates.reshape(length * n, 4 * hs)
     d_w = flat.T @ prev_h.reshape(length * n, hs)
     return np.concatenate([dgates.reshape(-1), dh.reshape(-1), dc.reshape(-1), d_w.reshape(-1)])
