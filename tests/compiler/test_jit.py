@@ -79,6 +79,18 @@ def test_train_eval_switch_retraces_once_and_switching_back_reuses_graphs():
     assert (hidden(x).numpy() == 0).any()
 
 
+@pytest.mark.parametrize("dynamic_batch", [False, True])
+def test_compile_time_is_recorded_per_trace_and_counts_the_first_run(dynamic_batch, caplog):
+    # numba compiles the kernels on the graph's first run: compile_seconds and the log count it
+    jitted = em.jit(lambda x: (x * 2 + 1).relu().sum(), dynamic_batch=dynamic_batch)
+    with caplog.at_level(logging.DEBUG, logger="ember.jit"):
+        jitted(em.randn(4, 3))
+        jitted(em.randn(4, 3))
+    assert jitted.traces == 1 and len(jitted.compile_seconds) == 1 and jitted.compile_seconds[0] > 0
+    runs = [r.getMessage() for r in caplog.records if "first run" in r.getMessage()]
+    assert len(runs) == 1 and runs[0].endswith(f"{jitted.compile_seconds[0]:.3f} s compiling in all")
+
+
 def test_debug_log_says_why_it_retraced(caplog):
     model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.1))
     jitted = em.jit(model)

@@ -133,7 +133,7 @@ class JitFunction:
         per_size = batch is not None and base in self._per_batch  # no batch template: one graph per size
         key = base + (batch,) if per_size else base
         entries = self.cache.get(key)
-        entry = None
+        entry = fresh = None
         if entries:
             # one specialisation per state of the guarded Python values (e.g. train and eval
             # mode): switching back and forth reuses the graphs traced before
@@ -147,7 +147,7 @@ class JitFunction:
         else:
             reason = "a new input signature" if self.cache else "the first call"
         if entry is None:
-            entry = self._compile(args, kwargs, reason, None if per_size else batch)
+            entry = fresh = self._compile(args, kwargs, reason, None if per_size else batch)
             if batch is not None and not per_size and not isinstance(entry, DynamicBatch):
                 if not entry.one_size:  # else: the next call traces the template (state now exists)
                     self._per_batch.add(base)
@@ -155,8 +155,19 @@ class JitFunction:
             entries = self.cache.setdefault(key, [])
             entries.insert(0, entry)
             del entries[self.MAX_SPECIALISATIONS:]
+        if fresh is None:
+            compiled = entry.for_batch(batch) if isinstance(entry, DynamicBatch) else entry
+            return self._run(compiled, tensors, args, kwargs)
+        # numba compiles the kernels on their first call (or loads them from its disk cache):
+        # that is compile time too, most of it on a cold cache
+        t0 = time.perf_counter()
         compiled = entry.for_batch(batch) if isinstance(entry, DynamicBatch) else entry
-        return self._run(compiled, tensors, args, kwargs)
+        result = self._run(compiled, tensors, args, kwargs)
+        dt = time.perf_counter() - t0
+        self.compile_seconds[-1] += dt
+        log.debug("em.jit(%s): first run, which compiles or loads the numba kernels, took %.3f s; %.3f s "
+                  "compiling in all", self.__name__, dt, self.compile_seconds[-1])
+        return result
 
     def _run(self, compiled, tensors, args, kwargs):
         outputs, grads = compiled(tensors)
@@ -210,9 +221,11 @@ class JitFunction:
         if batch is not None:
             template = self._batch_template(graph, args, kwargs, batch)
             if template is not None:
-                log.debug("em.jit(%s): one graph for every batch size (traced at %d and %d)", self.__name__,
-                          batch, batch + 1)
-                return DynamicBatch(template, guards, out_rebuild, debug, batch)
+                entry = DynamicBatch(template, guards, out_rebuild, debug, batch)
+                self.compile_seconds.append(time.perf_counter() - t0)
+                log.debug("em.jit(%s): one graph for every batch size (traced at %d and %d) in %.3f s",
+                          self.__name__, batch, batch + 1, self.compile_seconds[-1])
+                return entry
             log.debug("em.jit(%s): the graph's structure depends on the batch size; compiling one graph "
                       "per batch size instead", self.__name__)
         if debug:
