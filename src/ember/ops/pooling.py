@@ -6,8 +6,8 @@ where ``x`` is largest (the first maximum, or the last NaN, as PyTorch); ``max_p
 the other's gradient with respect to its first input; neither depends smoothly on ``x``.
 Both loop over the kh*kw kernel offsets with strided views, so the work is a few
 whole-array passes instead of an argmax over tiny window axes. The common 2x2 window of
-stride 2 that tiles the image runs as a numba loop instead (one pass, about 3x faster than
-the four NumPy passes, and the backward writes each input position once).
+stride 2 that tiles the image runs as a numba loop instead (one pass, 2-3x faster than the
+four NumPy passes in the cnn benchmark, and the backward writes each input position once).
 """
 
 from __future__ import annotations
