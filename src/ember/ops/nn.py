@@ -457,7 +457,8 @@ def _conv_t_same_size(x, w, padding, groups, dilation):
     """Stride-1 transposed convolution whose output is the input's size (the input gradient
     of a "same" convolution): one GEMM per chunk of images to columns, then a numba col2im
     that adds each kernel offset's plane, shifted, straight into the NCHW output. (The flipped-
-    kernel convolution below copies twice the columns for im2col: ~1.4x slower here.)"""
+    kernel convolution below copies an im2col of C_in*kh*kw rows: for the cnn benchmark's conv2
+    gradient, 64 channels in and 32 out, it took 1.26x as long.)"""
     n, cin, h, wd = x.shape
     _, cog, kh, kw = w.shape
     cout = groups * cog
