@@ -146,3 +146,18 @@ def add_at(buf: np.ndarray, index, values: np.ndarray) -> None:
     starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
     sums = np.add.reduceat(rows[order], starts, axis=0)
     buf.reshape(buf.shape[0], -1)[ordered[starts]] += sums.astype(buf.dtype, copy=False)
+
+
+_NUMBA_MODULES: dict = {}
+
+
+def numba_module(source):
+    """The module of numba kernels written in ``source``, loaded once per process (numba's disk
+    cache keeps the compiled code between processes). numba and the compiler are imported on
+    the first call, so that ``import ember`` stays light."""
+    mod = _NUMBA_MODULES.get(source)  # a str caches its hash: no rehashing of the source per call
+    if mod is None:
+        from ..compiler.kernels import load_kernel_module
+
+        mod = _NUMBA_MODULES[source] = load_kernel_module(source)
+    return mod

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import OpError, ShapeError
 from . import threads
-from .helpers import as_tensor, floating, norm_dim
+from .helpers import as_tensor, floating, norm_dim, numba_module
 from .pooling import _offsets
 from .registry import Meta, apply, primitive
 
@@ -447,12 +447,6 @@ def add_shifted_planes(cols, inside, ph, pw, dh, dw, out):
 '''
 
 
-def _kernels():
-    from ..compiler.kernels import load_kernel_module  # here: numba only when such a convolution runs
-
-    return load_kernel_module(_SOURCE)  # cached by the source's hash
-
-
 def _conv_t_same_size(x, w, padding, groups, dilation):
     """Stride-1 transposed convolution whose output is the input's size (the input gradient
     of a "same" convolution): one GEMM per chunk of images to columns, then a numba col2im
@@ -466,7 +460,7 @@ def _conv_t_same_size(x, w, padding, groups, dilation):
     col = np.arange(wd)
     inside = np.stack([np.tile((col + shift >= 0) & (col + shift < wd), h)
                        for shift in (q * dilation[1] - padding[1] for q in range(kw))])
-    add_shifted_planes = _kernels().add_shifted_planes
+    add_shifted_planes = numba_module(_SOURCE).add_shifted_planes
     out = np.empty((n, cout, h, wd), dtype=x.dtype)
 
     def part(lo, hi):

@@ -17,6 +17,7 @@ import weakref
 import numpy as np
 
 from . import threads
+from .helpers import numba_module
 from .registry import apply, primitive
 
 _SOURCE = '''# ember 2x2 max pooling kernels (format 1)
@@ -65,12 +66,6 @@ def scatter_2x2(g, idx, out):
 '''
 
 
-def _kernels():
-    from ..compiler.kernels import load_kernel_module  # here: numba only when a pooling runs
-
-    return load_kernel_module(_SOURCE)  # cached by the source's hash
-
-
 def _tiles_2x2(x, kernel, stride, dilation, pads, out_size):
     """True for the window the numba kernels handle: 2x2, stride 2, tiling the whole image."""
     return (kernel == (2, 2) and stride == (2, 2) and dilation == (1, 1) and not any(pads)
@@ -103,7 +98,7 @@ def _winner(x, kernel, stride, dilation, pads, out_size):
     idx = np.zeros(best.shape, dtype=np.int16)
     tiled = _tiles_2x2(x, kernel, stride, dilation, pads, out_size)
     if tiled:
-        select_2x2 = _kernels().select_2x2
+        select_2x2 = numba_module(_SOURCE).select_2x2
     else:
         has_nan = x.dtype.kind == "f" and bool(np.isnan(x).any())
 
@@ -156,7 +151,7 @@ def _scatter_np(g, x, kernel, stride, dilation, pads, out_size):
     idx = _winner_index(x, kernel, stride, dilation, pads, out_size)
     n, c, h, w = x.shape
     if _tiles_2x2(x, kernel, stride, dilation, pads, out_size) and g.dtype == x.dtype:
-        scatter_2x2 = _kernels().scatter_2x2
+        scatter_2x2 = numba_module(_SOURCE).scatter_2x2
         full = np.empty(x.shape, dtype=g.dtype)  # the kernel writes every position
         threads.over_batch(n, lambda lo, hi: scatter_2x2(g[lo:hi], idx[lo:hi], full[lo:hi]), 2 * full.size)
         return full

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..autograd.engine import GradMode
 from ..errors import OpError, ShapeError
+from .helpers import numba_module
 from .registry import Meta, apply, primitive
 
 _SOURCE = '''# ember LSTM cell kernels (format 4)
@@ -92,12 +93,6 @@ def cell_backward(g_out, out, c_prev, dh_next, dc_next, dgates, tanh_c, dc_now):
             dc[j] = dc_now[j] * f[j]
 '''
 
-def _kernels():
-    from ..compiler.kernels import load_kernel_module  # here: numba only when an LSTM runs
-
-    return load_kernel_module(_SOURCE)  # cached by the source's hash
-
-
 def _order(length, reverse):
     return range(length - 1, -1, -1) if reverse else range(length)
 
@@ -107,7 +102,7 @@ def _sequence_np(xp, h0, c0, w_hh, reverse):
     hs = gates // 4
     dtype = np.result_type(xp.dtype, w_hh.dtype)
     out = np.empty((length, n, 6, hs), dtype=dtype)
-    cell = _kernels().cell_forward
+    cell = numba_module(_SOURCE).cell_forward
     h, c = h0, np.ascontiguousarray(c0, dtype=dtype)
     # the product transposed, w_hh @ h.T: OpenBLAS runs this shape ~1.9x faster than h @ w_hh.T
     # (52 vs 100 us for 32 x 256 x 1024 on two threads); the cell reads its columns
@@ -124,7 +119,7 @@ def _grad_np(g_out, out, h0, c0, w_hh, reverse):
     length, n, _, hs = out.shape
     dtype = out.dtype
     g_out = np.ascontiguousarray(g_out, dtype=dtype)
-    cell = _kernels().cell_backward
+    cell = numba_module(_SOURCE).cell_backward
     dgates = np.empty((length, n, 4 * hs), dtype=dtype)
     dh = np.zeros((n, hs), dtype=dtype)
     # the product transposed, w_hh.T @ dgates.T, as in the forward (~1.2x faster), then copied
