@@ -133,7 +133,7 @@ class JitFunction:
         per_size = batch is not None and base in self._per_batch  # no batch template: one graph per size
         key = base + (batch,) if per_size else base
         entries = self.cache.get(key)
-        entry = fresh = None
+        entry, traced = None, False
         if entries:
             # one specialisation per state of the guarded Python values (e.g. train and eval
             # mode): switching back and forth reuses the graphs traced before
@@ -147,7 +147,7 @@ class JitFunction:
         else:
             reason = "a new input signature" if self.cache else "the first call"
         if entry is None:
-            entry = fresh = self._compile(args, kwargs, reason, None if per_size else batch)
+            entry, traced = self._compile(args, kwargs, reason, None if per_size else batch), True
             if batch is not None and not per_size and not isinstance(entry, DynamicBatch):
                 if not entry.one_size:  # else: the next call traces the template (state now exists)
                     self._per_batch.add(base)
@@ -155,14 +155,13 @@ class JitFunction:
             entries = self.cache.setdefault(key, [])
             entries.insert(0, entry)
             del entries[self.MAX_SPECIALISATIONS:]
-        if fresh is None:
-            compiled = entry.for_batch(batch) if isinstance(entry, DynamicBatch) else entry
-            return self._run(compiled, tensors, args, kwargs)
         # numba compiles the kernels on their first call (or loads them from its disk cache):
         # that is compile time too, most of it on a cold cache
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if traced else 0.0
         compiled = entry.for_batch(batch) if isinstance(entry, DynamicBatch) else entry
         result = self._run(compiled, tensors, args, kwargs)
+        if not traced:
+            return result
         dt = time.perf_counter() - t0
         self.compile_seconds[-1] += dt
         log.debug("em.jit(%s): first run, which compiles or loads the numba kernels, took %.3f s; %.3f s "

@@ -121,7 +121,7 @@ def _make_kernel(rows, depth, size, dtype, weight_is_transposed, group=None, pro
         shape = spec["shape"]
         separate = group.kernel
         # the group's kernel reads 0-d inputs as 1-element arrays; which ones is known now
-        scalars = [k for k, v in enumerate(group.inputs) if not len(v.shape) and k != product_position]
+        has_scalars = any(not len(v.shape) for k, v in enumerate(group.inputs) if k != product_position)
         one_new_out = len(fixed) == 1 and fixed[0] is None  # the usual case: one new array per call
         empty = np.empty
 
@@ -135,7 +135,7 @@ def _make_kernel(rows, depth, size, dtype, weight_is_transposed, group=None, pro
             if not a.flags.c_contiguous:
                 a = np.ascontiguousarray(a)
             arrays = others[:product_position] + (acc,) + others[product_position:]
-            if scalars:
+            if has_scalars:
                 arrays = tuple(x.reshape(1) if x.ndim == 0 else x for x in arrays)
             if one_new_out:
                 out = empty(shape, dtypes[0])
