@@ -2,6 +2,9 @@
 splits its batch over threads, run split into several ranges and chunks and checked against
 PyTorch."""
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -35,6 +38,31 @@ def P(x):
 
 
 # ---- the region ---------------------------------------------------------------------------
+
+_SERIAL_BLAS_WITH_SCIPY = """
+import os, scipy.linalg  # SciPy's wheels load a second OpenBLAS, before ember looks for NumPy's
+import numpy as np
+from threadpoolctl import ThreadpoolController
+from ember.ops import threads
+numpy_dir = os.path.dirname(np.__file__)
+def numpy_threads():
+    return [c.num_threads for c in ThreadpoolController().select(internal_api="openblas").lib_controllers
+            if c.filepath.startswith((numpy_dir + os.sep, numpy_dir + ".libs" + os.sep))]
+assert threads.workers() == 2 and numpy_threads() == [2], numpy_threads()
+with threads.serial_blas():
+    assert numpy_threads() == [1], numpy_threads()
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("hash_seed", ["1", "2", "3"])
+def test_serial_blas_holds_numpys_openblas_even_with_scipys_loaded(hash_seed):
+    # threadpoolctl lists the two OpenBLAS copies in an order that follows the string hash
+    # seed; ember must control NumPy's, or its threads' GEMMs run on two threads each
+    env = dict(os.environ, PYTHONHASHSEED=hash_seed, OPENBLAS_NUM_THREADS="2")
+    env.pop("EMBER_NUM_THREADS", None)
+    done = subprocess.run([sys.executable, "-c", _SERIAL_BLAS_WITH_SCIPY], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 def test_over_batch_covers_the_batch_once_in_order_on_every_worker(split_everything):
     seen, idents = [], set()

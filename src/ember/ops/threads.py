@@ -52,10 +52,14 @@ def _openblas():
         from threadpoolctl import ThreadpoolController
     except ImportError:
         return None
-    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+    # NumPy's own copy first: wheels keep it in numpy.libs/ beside the package (Linux, Windows)
+    # or inside it (macOS). SciPy's wheels bring a second OpenBLAS in scipy.libs/, and
+    # threadpoolctl's order between the two changes with the string hash seed
+    numpy_dir = os.path.dirname(np.__file__)
+    own = (numpy_dir + os.sep, numpy_dir + ".libs" + os.sep)
     found = [c for c in ThreadpoolController().select(internal_api="openblas").lib_controllers
              if getattr(c, "threading_layer", None) == "pthreads"]
-    found.sort(key=lambda c: not str(c.filepath).startswith(numpy_dir))  # NumPy's own copy first
+    found.sort(key=lambda c: not str(c.filepath).startswith(own))
     for controller in found:
         lib = ctypes.CDLL(controller.filepath)
         for prefix in ("", "scipy_"):
