@@ -101,3 +101,63 @@ def test_jit_step_equals_eager():
     np.testing.assert_allclose(lj, le, rtol=1e-5)
     for a, b in zip(pj, pe):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---- the recurrence shared by threads (forward_part / backward_part) ----------------------
+
+@pytest.fixture
+def team_recurrence(monkeypatch):
+    """Every recurrence runs on all workers together, counting how many did."""
+    from ember.ops import rnn, threads
+
+    if threads.workers() < 2 or threads.gemm_address(np.float32) is None:
+        pytest.skip("one worker or a BLAS ember cannot call: the recurrence runs on one thread")
+    ran = []
+    team = threads.team
+    monkeypatch.setattr(threads, "team", lambda part: ran.append(team(part)) or ran[-1])
+    monkeypatch.setattr(rnn, "_TEAM_MIN_STEP_WORK", 0)
+    return ran
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_threads_sharing_each_step_give_the_one_thread_results(team_recurrence, monkeypatch, dtype, reverse):
+    # 7 hidden units: the two threads' shares (3 and 4 units) differ, and rows end mid-vector
+    from ember.ops import rnn
+
+    rng = np.random.default_rng(4)
+    xp, h0, c0, w = _inputs(rng, length=6, n=5, hs=7, dtype=dtype)
+    g = rng.standard_normal((6, 5, 6, 7)).astype(dtype)
+    shared = rnn._sequence_np(xp, h0, c0, w, reverse), rnn._grad_np(g, rnn._sequence_np(xp, h0, c0, w, reverse),
+                                                                    h0, c0, w, reverse)
+    assert len(team_recurrence) == 3 and all(k >= 2 for k in team_recurrence)
+    monkeypatch.setattr(rnn, "_TEAM_MIN_STEP_WORK", 1 << 62)
+    alone = rnn._sequence_np(xp, h0, c0, w, reverse), rnn._grad_np(g, rnn._sequence_np(xp, h0, c0, w, reverse),
+                                                                   h0, c0, w, reverse)
+    assert len(team_recurrence) == 3  # no team this time
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    for a, b in zip(shared, alone):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_threads_sharing_each_step_match_torch(team_recurrence, reverse):
+    test_matches_torch_lstm_step_by_step(reverse)
+    assert len(team_recurrence) == 2 and all(k >= 2 for k in team_recurrence)  # forward and backward
+
+
+def test_a_part_that_fails_stops_the_others_waiting(team_recurrence):
+    from ember.compiler import native
+    from ember.ops import rnn
+
+    counters = np.zeros(2, dtype=np.int64)
+    waited = []
+
+    def kernel(index):
+        if index == 0:
+            raise RuntimeError("part 0 failed before its loop")
+        waited.append(native.spin_barrier(counters, 2))  # would wait forever for part 0
+
+    with pytest.raises(RuntimeError, match="part 0 failed"):
+        rnn._in_team(kernel, counters, lambda index, count: (index,))
+    assert waited == [False] and counters[1] == 1

@@ -11,6 +11,15 @@ elementwise passes per step as separate NumPy calls. Here the whole recurrence i
 The per-step products are computed transposed because OpenBLAS runs a skinny (4H x H) x
 (H x N) product much faster than the (N x H) x (H x 4H) one with the same operands.
 
+With several workers (ops/threads.py) and a step large enough, the threads share every step
+by hidden units: each runs the one-thread GEMM for its units' four gate rows and their cell,
+then all wait for each other (compiler/native.py: BLAS called and the wait spun inside numba,
+so no thread needs the GIL between steps). OpenBLAS's one-thread product over half the rows
+takes about as long as its two-thread product over all of them (45 vs 48 us for the
+workload's 32 x 256 x 1024), so the cell's time is what the split saves: the workload's
+forward recurrence went 8.6 -> 7.0 ms and its backward 14.2 -> 12.7 ms (alternated in one
+process, a slow phase of this VM).
+
 Inputs: ``xp`` (L, N, 4H), the input projection with both biases (computed by the layer
 with one matmul), ``h0`` and ``c0`` (N, H), ``w_hh`` (4H, H); gate order i, f, g, o
 (PyTorch's). The output packs, per step, ``h, c, i, f, g, o`` as (L, N, 6, H): the layer
@@ -27,74 +36,159 @@ import numpy as np
 
 from ..autograd.engine import GradMode
 from ..errors import OpError, ShapeError
+from . import threads
 from .helpers import numba_module
 from .registry import Meta, apply, primitive
 
-_SOURCE = '''# ember LSTM cell kernels (format 4)
+_SOURCE = """# ember LSTM cell kernels (format 5)
 import numba
 
 from ember.compiler.fastmath import fast_sigmoid, fast_tanh
+from ember.compiler.native import CBLAS_NO_TRANS, CBLAS_TRANS, blas_gemm, spin_barrier
 
 # Each loop reads and writes few arrays, through 1-D row views: with more streams (or with
 # offset indexing such as hw[a, hs + j]) LLVM gives up its runtime overlap checks and runs
-# the loop scalar, 5-10x slower.
+# the loop scalar, 5-10x slower. The cells work on hidden units j0:j1 only, so that threads
+# can share a step (forward_part, backward_part).
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def cell_forward(hw_t, x_t, c_prev, out_t, pre):
-    # pre-activations hw_t.T + x_t -> gates i, f, g, o, then c and h, into out_t's rows;
-    # hw_t: (4H, N), the recurrent product as the GEMM wrote it; pre: a (4H,) scratch row
+def cell_forward(hw, x_t, c_prev, out_t, pre, j0, j1):
+    # pre-activations hw.T + x_t -> gates i, f, g, o, then c and h, into out_t's rows, for
+    # units j0:j1; hw: (4m, N) with m = j1 - j0, the recurrent product for those units' four
+    # gate rows as the GEMM wrote it; pre: a (4m,) scratch row
     n, hs = c_prev.shape
+    m = j1 - j0
     for a in range(n):
-        h, c, i, f, g, o = out_t[a, 0], out_t[a, 1], out_t[a, 2], out_t[a, 3], out_t[a, 4], out_t[a, 5]
-        cp = c_prev[a]
-        hw_a, x_a = hw_t[:, a], x_t[a]
-        for j in range(4 * hs):
-            pre[j] = hw_a[j] + x_a[j]
+        h, c = out_t[a, 0, j0:j1], out_t[a, 1, j0:j1]
+        i, f, g, o = out_t[a, 2, j0:j1], out_t[a, 3, j0:j1], out_t[a, 4, j0:j1], out_t[a, 5, j0:j1]
+        cp = c_prev[a, j0:j1]
+        hw_a, x_a = hw[:, a], x_t[a]
+        for k in range(4):
+            x_k = x_a[k * hs + j0:k * hs + j1]
+            for j in range(m):
+                pre[k * m + j] = hw_a[k * m + j] + x_k[j]
         for k, act in ((0, i), (1, f), (3, o)):
-            pk = pre[k * hs:(k + 1) * hs]
-            for j in range(hs):
+            pk = pre[k * m:(k + 1) * m]
+            for j in range(m):
                 act[j] = fast_sigmoid(pk[j])
-        pk = pre[2 * hs:3 * hs]
-        for j in range(hs):
+        pk = pre[2 * m:3 * m]
+        for j in range(m):
             g[j] = fast_tanh(pk[j])
-        for j in range(hs):
+        for j in range(m):
             c[j] = f[j] * cp[j] + i[j] * g[j]
-        for j in range(hs):
+        for j in range(m):
             h[j] = o[j] * fast_tanh(c[j])
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def cell_backward(g_out, out, c_prev, dh_next, dc_next, dgates, tanh_c, dc_now):
-    # tanh_c, dc_now: (H,) scratch rows
+def cell_backward(g_out, out, c_prev, dh_next, dc_next, dgates, tanh_c, dc_now, j0, j1):
+    # units j0:j1; tanh_c, dc_now: (m,) scratch rows
     n, hs = c_prev.shape
+    m = j1 - j0
     one = c_prev.dtype.type(1)
     for a in range(n):
-        c, i, f, g, o = out[a, 1], out[a, 2], out[a, 3], out[a, 4], out[a, 5]
-        gh, gc, gi, gf, gg, go = g_out[a, 0], g_out[a, 1], g_out[a, 2], g_out[a, 3], g_out[a, 4], g_out[a, 5]
-        dh, dc, cp = dh_next[a], dc_next[a], c_prev[a]
-        di, df = dgates[a, :hs], dgates[a, hs:2 * hs]
-        dg, do = dgates[a, 2 * hs:3 * hs], dgates[a, 3 * hs:]
-        for j in range(hs):
+        c, i, f, g, o = out[a, 1, j0:j1], out[a, 2, j0:j1], out[a, 3, j0:j1], out[a, 4, j0:j1], out[a, 5, j0:j1]
+        gh, gc, gi = g_out[a, 0, j0:j1], g_out[a, 1, j0:j1], g_out[a, 2, j0:j1]
+        gf, gg, go = g_out[a, 3, j0:j1], g_out[a, 4, j0:j1], g_out[a, 5, j0:j1]
+        dh, dc, cp = dh_next[a, j0:j1], dc_next[a, j0:j1], c_prev[a, j0:j1]
+        d_a = dgates[a]
+        di, df = d_a[j0:j1], d_a[hs + j0:hs + j1]
+        dg, do = d_a[2 * hs + j0:2 * hs + j1], d_a[3 * hs + j0:3 * hs + j1]
+        for j in range(m):
             tanh_c[j] = fast_tanh(c[j])
-        for j in range(hs):  # dh here: this step's h gradient, from above and from step t + 1
+        for j in range(m):  # dh here: this step's h gradient, from above and from step t + 1
             dh[j] += gh[j]
-        for j in range(hs):
+        for j in range(m):
             dc_now[j] = gc[j] + dc[j] + dh[j] * o[j] * (one - tanh_c[j] * tanh_c[j])
-        for j in range(hs):
+        for j in range(m):
             do[j] = (dh[j] * tanh_c[j] + go[j]) * o[j] * (one - o[j])
-        for j in range(hs):
+        for j in range(m):
             di[j] = (dc_now[j] * g[j] + gi[j]) * i[j] * (one - i[j])
-        for j in range(hs):
+        for j in range(m):
             dg[j] = (dc_now[j] * i[j] + gg[j]) * (one - g[j] * g[j])
-        for j in range(hs):
+        for j in range(m):
             df[j] = (dc_now[j] * cp[j] + gf[j]) * f[j] * (one - f[j])
-        for j in range(hs):
+        for j in range(m):
             dc[j] = dc_now[j] * f[j]
-'''
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def forward_part(gemm, int64_api, counters, parts, j0, j1, w_part, xp, h0, c0, out, hw, pre, reverse):
+    # one thread's share of the whole forward recurrence: units j0:j1 of every step; w_part:
+    # (4m, H), those units' rows of w_hh, gate by gate. After each step every part waits for
+    # the others: the next step's product needs all of h
+    length, n = xp.shape[0], xp.shape[1]
+    hs = h0.shape[1]
+    item = out.itemsize
+    for k in range(length):
+        t = length - 1 - k if reverse else k
+        prev = t + 1 if reverse else t - 1
+        if k == 0:
+            blas_gemm(gemm, int64_api, CBLAS_NO_TRANS, CBLAS_TRANS, w_part.shape[0], n, hs, w_part, hs,
+                      h0, h0.strides[0] // item, hw, n)
+            cell_forward(hw, xp[t], c0, out[t], pre, j0, j1)
+        else:
+            blas_gemm(gemm, int64_api, CBLAS_NO_TRANS, CBLAS_TRANS, w_part.shape[0], n, hs, w_part, hs,
+                      out[prev, :, 0], out.strides[1] // item, hw, n)
+            cell_forward(hw, xp[t], out[prev, :, 1], out[t], pre, j0, j1)
+        if not spin_barrier(counters, parts * (k + 1)):
+            return
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def backward_part(gemm, int64_api, counters, parts, j0, j1, w_t, g_out, out, c0, dgates, dh, dc, dh_t,
+                  tanh_c, dc_now, reverse):
+    # one thread's share of the backward recurrence: units j0:j1. Each step's product for
+    # these units' rows of dh reads every unit's gate gradients: the parts wait before it
+    length, n = out.shape[0], out.shape[1]
+    hs = out.shape[3]
+    m = j1 - j0
+    for k in range(length - 1, -1, -1):
+        t = length - 1 - k if reverse else k
+        c_prev = c0 if k == 0 else out[t + 1 if reverse else t - 1, :, 1]
+        cell_backward(g_out[t], out[t], c_prev, dh, dc, dgates[t], tanh_c, dc_now, j0, j1)
+        if not spin_barrier(counters, parts * (length - k)):
+            return
+        blas_gemm(gemm, int64_api, CBLAS_NO_TRANS, CBLAS_TRANS, m, n, 4 * hs, w_t[j0:j1], 4 * hs,
+                  dgates[t], 4 * hs, dh_t, n)
+        for a in range(n):
+            for j in range(m):
+                dh[a, j0 + j] = dh_t[j, a]
+"""
+
+#: a step below this much work (GEMM multiply-adds / MACS_PER_ELEMENT + the cell's elements)
+#: runs on one thread: the parts' per-step wait costs about a microsecond
+_TEAM_MIN_STEP_WORK = 1 << 16
+
 
 def _order(length, reverse):
     return range(length - 1, -1, -1) if reverse else range(length)
+
+
+def _team_gemm(n, hs, dtype):
+    """The BLAS GEMM for a multi-thread recurrence, or None where one thread runs it."""
+    work = n * 4 * hs * hs // threads.MACS_PER_ELEMENT + 16 * n * hs
+    if hs < 2 or work < _TEAM_MIN_STEP_WORK or threads.workers() < 2:
+        return None
+    return threads.gemm_address(dtype)
+
+
+def _unit_range(index, count, hs):
+    return index * hs // count, (index + 1) * hs // count
+
+
+def _in_team(kernel, counters, part_args) -> bool:
+    """Run ``kernel(*part_args(index, count))`` on every worker together (threads.team);
+    False if it ran nowhere. A part that fails before its loop flags the others to stop."""
+    def part(index, count):
+        try:
+            kernel(*part_args(index, count))
+        except BaseException:
+            counters[1] = 1
+            raise
+
+    return threads.team(part) > 0
 
 
 def _sequence_np(xp, h0, c0, w_hh, reverse):
@@ -102,15 +196,29 @@ def _sequence_np(xp, h0, c0, w_hh, reverse):
     hs = gates // 4
     dtype = np.result_type(xp.dtype, w_hh.dtype)
     out = np.empty((length, n, 6, hs), dtype=dtype)
-    cell = numba_module(_SOURCE).cell_forward
-    h, c = h0, np.ascontiguousarray(c0, dtype=dtype)
+    kernels = numba_module(_SOURCE)
+    h0, c0 = np.ascontiguousarray(h0, dtype=dtype), np.ascontiguousarray(c0, dtype=dtype)
+    gemm = _team_gemm(n, hs, dtype)
+    if gemm is not None:
+        counters = np.zeros(2, dtype=np.int64)
+        w_gates = w_hh.reshape(4, hs, hs)
+
+        def part_args(index, count):
+            j0, j1 = _unit_range(index, count, hs)
+            w_part = np.ascontiguousarray(w_gates[:, j0:j1].reshape(-1, hs), dtype=dtype)
+            return (*gemm, counters, count, j0, j1, w_part, xp, h0, c0, out,
+                    np.empty((4 * (j1 - j0), n), dtype=dtype), np.empty(4 * (j1 - j0), dtype=dtype), reverse)
+
+        if _in_team(kernels.forward_part, counters, part_args):
+            return out
+    h, c = h0, c0
     # the product transposed, w_hh @ h.T: OpenBLAS runs this shape ~1.9x faster than h @ w_hh.T
     # (52 vs 100 us for 32 x 256 x 1024 on two threads); the cell reads its columns
     hw_t = np.empty((gates, n), dtype=dtype)
     pre = np.empty(gates, dtype=dtype)
     for t in _order(length, reverse):
         np.matmul(w_hh, h.T, out=hw_t)
-        cell(hw_t, xp[t], c, out[t], pre)
+        kernels.cell_forward(hw_t, xp[t], c, out[t], pre, 0, hs)
         h, c = out[t, :, 0], out[t, :, 1]
     return out
 
@@ -119,28 +227,41 @@ def _grad_np(g_out, out, h0, c0, w_hh, reverse):
     length, n, _, hs = out.shape
     dtype = out.dtype
     g_out = np.ascontiguousarray(g_out, dtype=dtype)
-    cell = numba_module(_SOURCE).cell_backward
-    dgates = np.empty((length, n, 4 * hs), dtype=dtype)
-    dh = np.zeros((n, hs), dtype=dtype)
-    # the product transposed, w_hh.T @ dgates.T, as in the forward (~1.2x faster), then copied
-    # back (32 KB: cheaper than the cell reading its columns)
-    dh_t = np.empty((hs, n), dtype=dtype)
-    dc = np.zeros((n, hs), dtype=dtype)
-    w_t = np.ascontiguousarray(w_hh.T)
-    tanh_c, dc_now = np.empty(hs, dtype=dtype), np.empty(hs, dtype=dtype)
+    c0 = np.ascontiguousarray(c0, dtype=dtype)
+    kernels = numba_module(_SOURCE)
+    # the four gradients are written straight into the packed result (no concatenation)
+    flat = np.empty(sum(int(np.prod(shape)) for shape in _grad_parts(out.shape)), dtype=dtype)
+    dgates, dh, dc, d_w = _unpack(flat, out.shape)
+    dh.fill(0)
+    dc.fill(0)
+    w_t = np.ascontiguousarray(w_hh.T, dtype=dtype)
+    gemm = _team_gemm(n, hs, dtype)
+    counters = np.zeros(2, dtype=np.int64)
+
+    def part_args(index, count):
+        j0, j1 = _unit_range(index, count, hs)
+        m = j1 - j0
+        return (*gemm, counters, count, j0, j1, w_t, g_out, out, c0, dgates, dh, dc,
+                np.empty((m, n), dtype=dtype), np.empty(m, dtype=dtype), np.empty(m, dtype=dtype), reverse)
+
+    if gemm is None or not _in_team(kernels.backward_part, counters, part_args):
+        # the product transposed, w_hh.T @ dgates.T, as in the forward (~1.2x faster), then
+        # copied back (32 KB: cheaper than the cell reading its columns)
+        dh_t = np.empty((hs, n), dtype=dtype)
+        tanh_c, dc_now = np.empty(hs, dtype=dtype), np.empty(hs, dtype=dtype)
+        steps = list(_order(length, reverse))
+        for k in range(length - 1, -1, -1):
+            t = steps[k]
+            c_prev = c0 if k == 0 else out[steps[k - 1], :, 1]
+            kernels.cell_backward(g_out[t], out[t], c_prev, dh, dc, dgates[t], tanh_c, dc_now, 0, hs)
+            np.matmul(w_t, dgates[t].T, out=dh_t)
+            np.copyto(dh, dh_t.T)
     steps = list(_order(length, reverse))
     prev_h = np.empty((length, n, hs), dtype=dtype)  # the h each step read
     for k, t in enumerate(steps):
         prev_h[t] = h0 if k == 0 else out[steps[k - 1], :, 0]
-    for k in range(length - 1, -1, -1):
-        t = steps[k]
-        c_prev = np.ascontiguousarray(c0, dtype=dtype) if k == 0 else out[steps[k - 1], :, 1]
-        cell(g_out[t], out[t], c_prev, dh, dc, dgates[t], tanh_c, dc_now)
-        np.matmul(w_t, dgates[t].T, out=dh_t)
-        np.copyto(dh, dh_t.T)
-    flat = dgates.reshape(length * n, 4 * hs)
-    d_w = flat.T @ prev_h.reshape(length * n, hs)
-    return np.concatenate([dgates.reshape(-1), dh.reshape(-1), dc.reshape(-1), d_w.reshape(-1)])
+    np.matmul(dgates.reshape(length * n, 4 * hs).T, prev_h.reshape(length * n, hs), out=d_w)
+    return flat
 
 
 def _sequence_infer(xp, h0, c0, w_hh, reverse):
@@ -165,6 +286,16 @@ def _grad_parts(out_shape):
     return [(length, n, 4 * hs), (n, hs), (n, hs), (4 * hs, hs)]
 
 
+def _unpack(flat, out_shape):
+    """Views of the four gradients in lstm_sequence_grad's flat result."""
+    views, start = [], 0
+    for shape in _grad_parts(out_shape):
+        size = int(np.prod(shape))
+        views.append(flat[start:start + size].reshape(shape))
+        start += size
+    return views
+
+
 def _grad_infer(g_out, out, h0, c0, w_hh, reverse):
     return (sum(int(np.prod(shape)) for shape in _grad_parts(out.shape)),), out.np_dtype
 
@@ -177,12 +308,7 @@ def _sequence_vjp(g, out, needs, xp, h0, c0, w_hh, reverse):
         raise OpError("lstm_sequence: the fused LSTM recurrence has no second derivative (create_graph=True "
                       "through an LSTM layer); differentiate through nn.LSTMCell steps instead")
     flat = apply(LSTM_SEQUENCE_GRAD, (g, out, h0, c0, w_hh), {"reverse": reverse})
-    grads, start = [], 0
-    for need, shape in zip(needs, _grad_parts(out.shape)):
-        size = int(np.prod(shape))
-        grads.append(flat[start:start + size].reshape(shape) if need else None)
-        start += size
-    return grads
+    return [grad if need else None for need, grad in zip(needs, _unpack(flat, out.shape))]
 
 
 LSTM_SEQUENCE = primitive("lstm_sequence", _sequence_np, vjp=_sequence_vjp, infer=_sequence_infer,

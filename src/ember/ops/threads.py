@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 import threading
 
+import numpy as np
+
 #: below this much work an op runs on the calling thread: handing a range to another thread
 #: and back costs 70-100 us on these VMs. Work is counted in elements passed through a NumPy
 #: loop (about 0.3 ns each); a BLAS multiply-add counts as 1/MACS_PER_ELEMENT of one
@@ -107,7 +109,7 @@ def _start():
         workers = 1
     workers = max(1, min(workers, os.cpu_count() or 1))
     # one update: other threads read _STATE without the lock
-    _STATE.update(blas=found[1:] if found else None, workers=workers, wait=wait,
+    _STATE.update(blas=found[1:] if found else None, lib=found[0] if found else None, workers=workers, wait=wait,
                   pool=ThreadPoolExecutor(workers - 1, thread_name_prefix="ember") if workers > 1 else None)
 
 
@@ -135,6 +137,56 @@ class serial_blas:
     def __exit__(self, *exc):
         if self.saved > 1:
             _STATE["blas"][1](self.saved)
+
+
+def gemm_address(dtype):
+    """(address of NumPy's OpenBLAS ``cblas_sgemm`` or ``cblas_dgemm`` for float32/float64,
+    whether its integers are 64-bit), for numba kernels (compiler/native.py); None if ember
+    does not control that BLAS or the dtype has no GEMM there."""
+    state = _STATE or _setup()
+    cache = state.setdefault("gemm", {})
+    char = np.dtype(dtype).char
+    if char not in cache:
+        cache[char] = _find_gemm(state["lib"], char) if state["lib"] is not None and char in "fd" else None
+    return cache[char]
+
+
+def _find_gemm(lib, char):
+    import ctypes
+
+    name = "sgemm" if char == "f" else "dgemm"
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_", "_64"):
+            get_config = getattr(lib, f"{prefix}openblas_get_config{suffix}", None)
+            fn = getattr(lib, f"{prefix}cblas_{name}{suffix}", None)
+            if fn is not None and get_config is not None:
+                get_config.restype, get_config.argtypes = ctypes.c_char_p, []
+                # the build's integer width: OpenBLAS names it in its configuration string
+                return ctypes.cast(fn, ctypes.c_void_p).value, b"USE64BITINT" in get_config()
+    return None
+
+
+def team(part) -> int:
+    """Run ``part(index, count)`` for index 0..count-1 on ``count`` = workers() threads at the
+    same time, BLAS on one thread each, and return count; the parts may wait for each other
+    (all are running). Returns 0 and runs nothing with one worker or inside another region."""
+    state = _STATE or _setup()
+    count = state["workers"]
+    if count < 2 or not _REGION.acquire(blocking=False):
+        return 0
+    try:
+        with serial_blas():
+            # one task per pool thread: the pool has count - 1 threads and is idle in a region
+            futures = [state["pool"].submit(part, i, count) for i in range(1, count)]
+            try:
+                part(0, count)
+            finally:
+                state["wait"](futures)
+            for f in futures:
+                f.result()
+        return count
+    finally:
+        _REGION.release()
 
 
 def chunk_size(bytes_per_item: int) -> int:
