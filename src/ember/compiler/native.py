@@ -86,9 +86,11 @@ def _gemm_intrinsic(int_bits):
                 ary = context.make_array(signature.args[i])(context, builder, args[i])
                 return builder.bitcast(ary.data, void_p)
 
-            def integer(i, ty):
-                return builder.trunc(args[i], ty) if args[i].type.width > ty.width else builder.sext(args[i], ty) \
-                    if args[i].type.width < ty.width else args[i]
+            def integer(i, ty):  # numba's int64 (or a narrower literal) to the C type
+                value = args[i]
+                if value.type.width > ty.width:
+                    return builder.trunc(value, ty)
+                return builder.sext(value, ty) if value.type.width < ty.width else value
 
             builder.call(fn, [ir.Constant(enum, CBLAS_ROW_MAJOR), integer(1, enum), integer(2, enum),
                               integer(3, blas_int), integer(4, blas_int), integer(5, blas_int), args[6], data(7),

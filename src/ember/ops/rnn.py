@@ -230,7 +230,7 @@ def _grad_np(g_out, out, h0, c0, w_hh, reverse):
     c0 = np.ascontiguousarray(c0, dtype=dtype)
     kernels = numba_module(_SOURCE)
     # the four gradients are written straight into the packed result (no concatenation)
-    flat = np.empty(sum(int(np.prod(shape)) for shape in _grad_parts(out.shape)), dtype=dtype)
+    flat = np.empty(_grad_size(out.shape), dtype=dtype)
     dgates, dh, dc, d_w = _unpack(flat, out.shape)
     dh.fill(0)
     dc.fill(0)
@@ -244,19 +244,18 @@ def _grad_np(g_out, out, h0, c0, w_hh, reverse):
         return (*gemm, counters, count, j0, j1, w_t, g_out, out, c0, dgates, dh, dc,
                 np.empty((m, n), dtype=dtype), np.empty(m, dtype=dtype), np.empty(m, dtype=dtype), reverse)
 
+    steps = list(_order(length, reverse))
     if gemm is None or not _in_team(kernels.backward_part, counters, part_args):
         # the product transposed, w_hh.T @ dgates.T, as in the forward (~1.2x faster), then
         # copied back (32 KB: cheaper than the cell reading its columns)
         dh_t = np.empty((hs, n), dtype=dtype)
         tanh_c, dc_now = np.empty(hs, dtype=dtype), np.empty(hs, dtype=dtype)
-        steps = list(_order(length, reverse))
         for k in range(length - 1, -1, -1):
             t = steps[k]
             c_prev = c0 if k == 0 else out[steps[k - 1], :, 1]
             kernels.cell_backward(g_out[t], out[t], c_prev, dh, dc, dgates[t], tanh_c, dc_now, 0, hs)
             np.matmul(w_t, dgates[t].T, out=dh_t)
             np.copyto(dh, dh_t.T)
-    steps = list(_order(length, reverse))
     prev_h = np.empty((length, n, hs), dtype=dtype)  # the h each step read
     for k, t in enumerate(steps):
         prev_h[t] = h0 if k == 0 else out[steps[k - 1], :, 0]
@@ -296,8 +295,12 @@ def _unpack(flat, out_shape):
     return views
 
 
+def _grad_size(out_shape):
+    return sum(int(np.prod(shape)) for shape in _grad_parts(out_shape))
+
+
 def _grad_infer(g_out, out, h0, c0, w_hh, reverse):
-    return (sum(int(np.prod(shape)) for shape in _grad_parts(out.shape)),), out.np_dtype
+    return (_grad_size(out.shape),), out.np_dtype
 
 
 LSTM_SEQUENCE_GRAD = primitive("lstm_sequence_grad", _grad_np, infer=_grad_infer)

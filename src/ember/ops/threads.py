@@ -64,14 +64,23 @@ def _openblas():
     found.sort(key=lambda c: not str(c.filepath).startswith(own))
     for controller in found:
         lib = ctypes.CDLL(controller.filepath)
-        for prefix in ("", "scipy_"):
-            for suffix in ("", "64_", "_64"):
-                get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
-                set_ = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
-                if get is not None and set_ is not None:
-                    get.restype, get.argtypes = ctypes.c_int, []
-                    set_.restype, set_.argtypes = None, [ctypes.c_int]
-                    return lib, get, set_
+        pair = _symbols(lib, "openblas_get_num_threads", "openblas_set_num_threads")
+        if pair is not None:
+            get, set_ = pair
+            get.restype, get.argtypes = ctypes.c_int, []
+            set_.restype, set_.argtypes = None, [ctypes.c_int]
+            return lib, get, set_
+    return None
+
+
+def _symbols(lib, *names):
+    """The functions ``names`` of an OpenBLAS under one of its builds' spellings (SciPy's wheels
+    prefix ``scipy_``; 64-bit-integer builds suffix ``64_``), or None if it lacks any."""
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_", "_64"):
+            found = [getattr(lib, f"{prefix}{name}{suffix}", None) for name in names]
+            if all(fn is not None for fn in found):
+                return found
     return None
 
 
@@ -154,16 +163,13 @@ def gemm_address(dtype):
 def _find_gemm(lib, char):
     import ctypes
 
-    name = "sgemm" if char == "f" else "dgemm"
-    for prefix in ("", "scipy_"):
-        for suffix in ("", "64_", "_64"):
-            get_config = getattr(lib, f"{prefix}openblas_get_config{suffix}", None)
-            fn = getattr(lib, f"{prefix}cblas_{name}{suffix}", None)
-            if fn is not None and get_config is not None:
-                get_config.restype, get_config.argtypes = ctypes.c_char_p, []
-                # the build's integer width: OpenBLAS names it in its configuration string
-                return ctypes.cast(fn, ctypes.c_void_p).value, b"USE64BITINT" in get_config()
-    return None
+    pair = _symbols(lib, "cblas_sgemm" if char == "f" else "cblas_dgemm", "openblas_get_config")
+    if pair is None:
+        return None
+    gemm, get_config = pair
+    get_config.restype, get_config.argtypes = ctypes.c_char_p, []
+    # the build's integer width: OpenBLAS names it in its configuration string
+    return ctypes.cast(gemm, ctypes.c_void_p).value, b"USE64BITINT" in get_config()
 
 
 def team(part) -> int:
@@ -174,17 +180,22 @@ def team(part) -> int:
     count = state["workers"]
     if count < 2 or not _REGION.acquire(blocking=False):
         return 0
+    _in_region(state, part, [(i, count) for i in range(count)])
+    return count
+
+
+def _in_region(state, part, args) -> list:
+    """``part(*a)`` for each ``a`` of ``args`` at once, the first on the calling thread and one
+    per pool thread (the pool has a thread for each other worker and is idle in a region), BLAS
+    on one thread; the results in order. The caller holds _REGION: this releases it."""
     try:
         with serial_blas():
-            # one task per pool thread: the pool has count - 1 threads and is idle in a region
-            futures = [state["pool"].submit(part, i, count) for i in range(1, count)]
+            futures = [state["pool"].submit(part, *a) for a in args[1:]]
             try:
-                part(0, count)
-            finally:
+                first = part(*args[0])
+            finally:  # the region (and BLAS's limit) lasts until every worker is done
                 state["wait"](futures)
-            for f in futures:
-                f.result()
-        return count
+            return [first] + [f.result() for f in futures]
     finally:
         _REGION.release()
 
@@ -208,14 +219,4 @@ def over_batch(n: int, part, work: int) -> list:
     k = min(state["workers"], n)
     if k < 2 or work < PARALLEL_MIN_WORK or not _REGION.acquire(blocking=False):
         return [part(0, n)]
-    try:
-        with serial_blas():
-            bounds = [(i * n // k, (i + 1) * n // k) for i in range(k)]
-            futures = [state["pool"].submit(part, lo, hi) for lo, hi in bounds[1:]]
-            try:
-                first = part(*bounds[0])
-            finally:  # the region (and BLAS's limit) lasts until every worker is done
-                state["wait"](futures)
-            return [first] + [f.result() for f in futures]
-    finally:
-        _REGION.release()
+    return _in_region(state, part, [(i * n // k, (i + 1) * n // k) for i in range(k)])
