@@ -141,7 +141,7 @@ def test_a_product_needed_elsewhere_is_not_absorbed_and_gradients_match_eager():
 
 
 class _JitInference:
-    """A dataset whose items are batch-1 jitted inferences: DataLoader workers fork."""
+    """A dataset whose items are batch-1 jitted inferences, run in the DataLoader's workers."""
 
     def __init__(self, f):
         self.f = f
@@ -154,7 +154,8 @@ class _JitInference:
             return self.f(em.ones(1, 512) * i).numpy()[0]
 
 
-def test_forked_dataloader_workers_run_the_parallel_kernel_after_the_parent_did():
+@pytest.mark.parametrize("worker_type", ["thread", "process"])  # threads share the graph; processes fork
+def test_dataloader_workers_run_the_parallel_kernel_after_the_parent_did(worker_type):
     em.manual_seed(0)
     model = nn.Sequential(nn.Linear(512, 512), nn.ReLU())
     model.eval()

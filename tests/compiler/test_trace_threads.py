@@ -46,3 +46,46 @@ def test_other_threads_run_eagerly_while_a_function_is_traced():
     for _ in range(300):
         want = want * 1.0001 + 0.1
     np.testing.assert_allclose(got, want.sum(), rtol=1e-4)
+
+
+def _run_concurrently(fn, inputs, threads=4, rounds=25):
+    """Every thread calls ``fn`` on every input ``rounds`` times; returns {input index: outputs}."""
+    got, errors = {i: [] for i in range(len(inputs))}, []
+    start = threading.Barrier(threads)
+
+    def worker(offset):
+        start.wait()
+        try:
+            for r in range(rounds):
+                i = (offset + r) % len(inputs)
+                got[i].append(fn(inputs[i]).numpy().copy())
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    return got
+
+
+@em.no_grad()
+def test_threads_calling_one_compiled_graph_at_once_each_get_their_own_result():
+    # the graph reuses its intermediate buffers (here the matvec kernel's product and the
+    # elementwise chain's temporaries) from run to run, so concurrent runs must not share them
+    em.manual_seed(0)
+    model = em.nn.Sequential(em.nn.Linear(512, 512), em.nn.ReLU(), em.nn.Linear(512, 64), em.nn.Tanh())
+    model.eval()
+    f = em.jit(model)
+    inputs = [em.randn(1, 512) * (i + 1) for i in range(4)]
+    want = [model(x).numpy() for x in inputs]
+    for i, outs in _run_concurrently(f, inputs).items():
+        for out in outs:
+            np.testing.assert_allclose(out, want[i], rtol=1e-5, atol=1e-6)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
 
 import numpy as np
@@ -73,6 +74,9 @@ class Compiled:
         self.input_grads = input_grads      # argument positions whose .grad the graph sets
         self.runner = build_runner(graph, debug)
         self.calls = 0
+        # the graph's intermediate buffers are reused across runs, so one run at a time: two
+        # threads running it at once (thread DataLoader workers, a server's pool) would share them
+        self._running = threading.Lock()
         self.one_size = False  # a dynamic-batch first step traced for its own batch size only
 
     def failed_guard(self):
@@ -86,9 +90,9 @@ class Compiled:
         return None
 
     def __call__(self, tensors):
-        self.calls += 1
-        outs = self.runner([t.data for t in tensors])
-        return outs
+        with self._running:
+            self.calls += 1
+            return self.runner([t.data for t in tensors])
 
 
 class JitFunction:
@@ -107,6 +111,7 @@ class JitFunction:
         self._per_batch = set()  # dynamic-batch signatures that need one graph per batch size
         self.traces = 0
         self.compile_seconds = []
+        self._compiling = threading.Lock()
 
     # ---- keys ----------------------------------------------------------------------------
     def _signature(self, args, kwargs):
@@ -130,31 +135,13 @@ class JitFunction:
 
     def __call__(self, *args, **kwargs):
         base, tensors, batch = self._signature(args, kwargs)
-        per_size = batch is not None and base in self._per_batch  # no batch template: one graph per size
-        key = base + (batch,) if per_size else base
-        entries = self.cache.get(key)
-        entry, traced = None, False
-        if entries:
-            # one specialisation per state of the guarded Python values (e.g. train and eval
-            # mode): switching back and forth reuses the graphs traced before
-            for candidate in entries:
-                if candidate.failed_guard() is None:
-                    entry = candidate
-                    break
-            if entry is None:
-                reason = entries[0].failed_guard()
-                log.debug("em.jit(%s): retracing because %s", self.__name__, reason)
-        else:
-            reason = "a new input signature" if self.cache else "the first call"
+        entry, _ = self._lookup(base, batch)
+        traced = False
         if entry is None:
-            entry, traced = self._compile(args, kwargs, reason, None if per_size else batch), True
-            if batch is not None and not per_size and not isinstance(entry, DynamicBatch):
-                if not entry.one_size:  # else: the next call traces the template (state now exists)
-                    self._per_batch.add(base)
-                key = base + (batch,)
-            entries = self.cache.setdefault(key, [])
-            entries.insert(0, entry)
-            del entries[self.MAX_SPECIALISATIONS:]
+            with self._compiling:  # threads making the same first call trace it once
+                entry, reason = self._lookup(base, batch)
+                if entry is None:
+                    entry, traced = self._compile_entry(base, batch, args, kwargs, reason), True
         # numba compiles the kernels on their first call (or loads them from its disk cache):
         # that is compile time too, most of it on a cold cache
         t0 = time.perf_counter() if traced else 0.0
@@ -167,6 +154,36 @@ class JitFunction:
         log.debug("em.jit(%s): first run, which compiles or loads the numba kernels, took %.3f s; %.3f s "
                   "compiling in all", self.__name__, dt, self.compile_seconds[-1])
         return result
+
+    def _key(self, base, batch):
+        per_size = batch is not None and base in self._per_batch  # no batch template: one graph per size
+        return (base + (batch,) if per_size else base), per_size
+
+    def _lookup(self, base, batch):
+        """(the cached specialisation whose guards hold, None) or (None, why a trace is needed).
+        There is one specialisation per state of the guarded Python values (e.g. train and eval
+        mode): switching back and forth reuses the graphs traced before."""
+        entries = self.cache.get(self._key(base, batch)[0])
+        if not entries:
+            return None, "a new input signature" if self.cache else "the first call"
+        for candidate in entries:
+            if candidate.failed_guard() is None:
+                return candidate, None
+        return None, entries[0].failed_guard()
+
+    def _compile_entry(self, base, batch, args, kwargs, reason):
+        key, per_size = self._key(base, batch)
+        if key in self.cache:
+            log.debug("em.jit(%s): retracing because %s", self.__name__, reason)
+        entry = self._compile(args, kwargs, reason, None if per_size else batch)
+        if batch is not None and not per_size and not isinstance(entry, DynamicBatch):
+            if not entry.one_size:  # else: the next call traces the template (state now exists)
+                self._per_batch.add(base)
+            key = base + (batch,)
+        entries = self.cache.setdefault(key, [])
+        entries.insert(0, entry)
+        del entries[self.MAX_SPECIALISATIONS:]
+        return entry
 
     def _run(self, compiled, tensors, args, kwargs):
         outputs, grads = compiled(tensors)

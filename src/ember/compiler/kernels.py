@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from ..ops import threads
 THREADED_MIN_ELEMENTS = 1 << 19
 PARALLEL_MIN_ELEMENTS = 1 << 21
 _LOADED: dict = {}
+_LOADING = threading.Lock()
 
 
 def cache_dir():
@@ -126,6 +128,14 @@ def load_kernel_module(source):
     mod = _LOADED.get(digest)
     if mod is not None:
         return mod
+    with _LOADING:  # threads compiling their first calls at once load each module once
+        mod = _LOADED.get(digest)
+        if mod is None:
+            mod = _LOADED[digest] = _load(digest, source)
+    return mod
+
+
+def _load(digest, source):
     path = os.path.join(cache_dir(), f"k_{digest}.py")
     if not os.path.exists(path):  # never rewrite: numba's cache is keyed on the file's timestamp
         tmp = f"{path}.{os.getpid()}.tmp"
@@ -137,7 +147,6 @@ def load_kernel_module(source):
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
-    _LOADED[digest] = mod
     return mod
 
 
