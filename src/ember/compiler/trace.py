@@ -21,6 +21,15 @@ from ..errors import OpError
 from .ir import Graph
 
 
+def _another_array(holders):
+    """The data guard's reading: None while every captured tensor holds the array it held when
+    traced (a plain loop: checked at every call, where a generator costs ~0.3 us more)."""
+    for t, d in holders:
+        if t.data is not d:
+            return f"a tensor of shape {t.shape} holds another array"
+    return None
+
+
 class _ActiveTracer(threading.local):
     """The thread's active tracer, or None; read by registry.apply and the engine as
     ``ACTIVE[0]`` (``ACTIVE.value`` on hot paths). Per thread, so a DataLoader worker thread's
@@ -131,9 +140,7 @@ class Tracer:
         if id(t) not in self.holders:
             self.holders[id(t)] = (t, data)
             self.guard(("data",), "the arrays held by captured tensors (parameters, buffers, state)",
-                       lambda holders=self.holders.values(): next(
-                           (f"a tensor of shape {t.shape} holds another array"
-                            for t, d in holders if t.data is not d), None))
+                       lambda holders=self.holders.values(): _another_array(holders))
         hit = self.captured.get(id(data))
         if hit is None:
             v = self.graph.new_value(data.shape, data.dtype, "capture", ref=data)
