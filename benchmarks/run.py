@@ -33,7 +33,8 @@ the load average before and after each run and the CPU time other processes used
 
 Outputs: a table on stdout; the raw results as JSON and a bar chart (PNG) in --out (default
 benchmarks/results/); the marked blocks of benchmarks/RESULTS.md (workloads, op overhead,
-import time; other blocks are left alone) unless --no-write or --smoke.
+import time; other blocks are left alone). --no-write and --smoke update neither RESULTS.md
+nor benchmarks/results/ (an --out directory still gets the JSON and chart).
 
 OpenBLAS: OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, when set in the environment, can slow NumPy;
 --unset-openblas-env removes both (together) from every benchmark subprocess, and the output,
@@ -150,8 +151,9 @@ def parse_args(argv=None):
                    help="tiny model sizes, 2 windows, short windows; never touches RESULTS.md (for the smoke test)")
     p.add_argument("--out", type=Path, default=None,
                    help="directory for bench.json and bench.png (default benchmarks/results; with --smoke "
-                        "nothing is written unless --out is given)")
-    p.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
+                        "or --no-write nothing is written unless --out is given)")
+    p.add_argument("--no-write", action="store_true",
+                   help="do not update benchmarks/RESULTS.md, nor benchmarks/results/ unless --out is given")
     p.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
     p.add_argument("--no-gemm", action="store_true", help="skip measuring the GEMM peak")
     p.add_argument("--no-op-overhead", action="store_true", help="skip the op-overhead benchmark")
@@ -183,6 +185,15 @@ def parse_args(argv=None):
     if not args.smoke and args.repeat < 5:
         p.error("--repeat must be >= 5 (median of at least 5 timed windows); --smoke for quick runs")
     return args
+
+
+def output_dir(args):
+    """Where bench.json and bench.png go: --out, else benchmarks/results/ for a run that updates
+    RESULTS.md, else nowhere (a smoke or --no-write run must not replace the raw results that
+    RESULTS.md's tables were made from)."""
+    if args.out is not None:
+        return args.out
+    return None if args.smoke or args.no_write else ROOT / "benchmarks" / "results"
 
 
 def main(argv=None) -> int:
@@ -271,7 +282,7 @@ def finish(results: dict, args) -> int:
         say("\n## import time and installed size\n" + "\n".join(import_time.table(results["import_time"])))
     if args.unset_openblas_env:
         say("\nnote: OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE were unset for this run")
-    out_dir = args.out if args.out is not None else (None if args.smoke else ROOT / "benchmarks" / "results")
+    out_dir = output_dir(args)
     results["outputs"] = {}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -112,3 +112,11 @@ def test_help_documents_the_options():
         assert opt in out
     with pytest.raises(SystemExit):
         run.parse_args(["--repeat", "3"])  # fewer than 5 timed windows is refused
+
+
+def test_only_a_run_that_updates_results_md_replaces_the_raw_results(tmp_path):
+    default = run.ROOT / "benchmarks" / "results"
+    assert run.output_dir(run.parse_args([])) == default
+    assert run.output_dir(run.parse_args(["--no-write"])) is None
+    assert run.output_dir(run.parse_args(["--smoke"])) is None
+    assert run.output_dir(run.parse_args(["--no-write", "--out", str(tmp_path)])) == tmp_path
