@@ -18,3 +18,13 @@ def _seed():
     if not em.is_grad_enabled():
         em.set_grad_enabled(True)
         pytest.fail("the test left gradient recording disabled (an em.no_grad() not exited?)")
+
+
+@pytest.fixture
+def fast_thread_switching():
+    """The interpreter switches threads every microsecond, so code run by several threads
+    really interleaves (races show up in a few thousand iterations)."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(interval)

@@ -1,12 +1,11 @@
 """Grad mode is per thread, as in PyTorch: one thread's no_grad() never changes another's."""
 
-import sys
 import threading
 
 import ember as em
 
 
-def test_concurrent_no_grad_blocks_leave_recording_on():
+def test_concurrent_no_grad_blocks_leave_recording_on(fast_thread_switching):
     # with one global flag, interleaved enter/exit pairs restore each other's saved value and
     # can leave recording off for everybody (a model server runs predictions this way)
     start = threading.Barrier(4)
@@ -18,15 +17,10 @@ def test_concurrent_no_grad_blocks_leave_recording_on():
                 pass
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads often, so the blocks really interleave
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     assert em.is_grad_enabled()
 
 

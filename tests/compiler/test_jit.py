@@ -457,3 +457,22 @@ def test_graph_of_a_function_differentiating_its_arguments_prints_their_gradient
     x, y = em.randn(3, requires_grad=True), em.randn(3, requires_grad=True)
     text = str(em.jit(f).graph(x, y))
     assert "-> input[0]" in text and "-> input[1]" in text
+
+
+def test_a_call_like_the_last_one_reuses_its_graph_and_any_other_call_looks_up_its_own():
+    # the fast path for a repeated signature must never hand a call the wrong specialisation
+    f = em.jit(lambda x, y: (x * y).sum(dim=0))
+    a, b = em.randn(4, 3), em.randn(4, 3)
+    a64, b64 = em.randn(4, 3, dtype=em.float64), em.randn(4, 3, dtype=em.float64)
+    wide = em.randn(4, 5)
+    for x, y in [(a, b), (a, b), (a64, b64), (a, b), (wide, wide), (a64, b64), (a, b)]:
+        got = f(x, y)
+        np.testing.assert_allclose(got.numpy(), (x.numpy() * y.numpy()).sum(0), rtol=1e-6)
+        assert got.dtype == x.dtype and got.shape == (x.shape[1],)
+    assert f.traces == 3
+    p = em.nn.Parameter(em.randn(4, 3))  # a Tensor subclass: looked up the ordinary way
+    np.testing.assert_allclose(f(p, b).detach().numpy(), (p.detach().numpy() * b.numpy()).sum(0), rtol=1e-6)
+    assert f.traces == 4  # it requires grad
+    with em.no_grad():
+        f(a, b)  # same tensors as a cached call, another grad mode
+    assert f.traces == 5

@@ -1,7 +1,6 @@
 """Tracing is per thread: ops another thread runs while em.jit traces (a DataLoader worker
 thread, a server thread) run eagerly and never land in the graph."""
 
-import sys
 import threading
 
 import numpy as np
@@ -9,7 +8,7 @@ import numpy as np
 import ember as em
 
 
-def test_other_threads_run_eagerly_while_a_function_is_traced():
+def test_other_threads_run_eagerly_while_a_function_is_traced(fast_thread_switching):
     stop, results, errors = threading.Event(), [], []
 
     def worker():
@@ -27,8 +26,6 @@ def test_other_threads_run_eagerly_while_a_function_is_traced():
             y = y * 1.0001 + 0.1
         return y.sum()
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
     t = threading.Thread(target=worker)
     t.start()
     try:
@@ -39,7 +36,6 @@ def test_other_threads_run_eagerly_while_a_function_is_traced():
     finally:
         stop.set()
         t.join()
-        sys.setswitchinterval(interval)
     assert errors == []
     assert results and set(results) == {6.0}
     want = x.numpy().astype(np.float64)
@@ -62,22 +58,17 @@ def _run_concurrently(fn, inputs, threads=4, rounds=25):
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(repr(e))
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
     assert errors == []
     return got
 
 
 @em.no_grad()
-def test_threads_calling_one_compiled_graph_at_once_each_get_their_own_result():
+def test_threads_calling_one_compiled_graph_at_once_each_get_their_own_result(fast_thread_switching):
     # the graph reuses its intermediate buffers (here the matvec kernel's product and the
     # elementwise chain's temporaries) from run to run, so concurrent runs must not share them
     em.manual_seed(0)
