@@ -13,6 +13,8 @@ once per machine and is imported only on the first fused step.
 
 from __future__ import annotations
 
+from ..ops.helpers import numba_module
+
 #: below this many elements the op path is as fast and keeps numba out of small programs
 FUSED_MIN_ELEMENTS = 1 << 14
 
@@ -39,16 +41,8 @@ def adam(p, g, m, v, b1, one_minus_b1, b2, one_minus_b2, bias2_sqrt, eps, step_s
         p[i] = pi + (mi / denom) * step_size
 '''
 
-_KERNELS = None
-
-
 def _kernels():
-    global _KERNELS
-    if _KERNELS is None:
-        from ..compiler.kernels import load_kernel_module
-
-        _KERNELS = load_kernel_module(_ADAM_SOURCE)
-    return _KERNELS
+    return numba_module(_ADAM_SOURCE)
 
 
 def _fusable(arrays, min_elements) -> bool:
