@@ -151,7 +151,7 @@ class JitFunction:
         # that is compile time too, most of it on a cold cache
         t0 = time.perf_counter() if traced else 0.0
         compiled = entry.for_batch(batch) if isinstance(entry, DynamicBatch) else entry
-        if not kwargs and all(type(a) is Tensor for a in args):
+        if tensors is args:  # _signature's flat case (only tensors, no keywords), the fast path's kind
             self._last = (tuple((a.data.shape, a.data.dtype, a.requires_grad) for a in args), GradMode.enabled,
                           entry, compiled)
         result = self._run(compiled, tensors, args, kwargs)
