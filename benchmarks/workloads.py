@@ -70,41 +70,42 @@ def items_per_step(s: dict) -> int:
     return s["batch"]
 
 
-def _mm(m, k, n):
-    return 2 * m * k * n
+def forward_products(s: dict) -> list[tuple[str, int, int, int, int]]:
+    """The forward pass's matmuls and convolutions as (label, batch, m, k, n): ``batch``
+    independent (m, k) x (k, n) products (a convolution as its im2col GEMM over the batch's
+    pixels, attention per (sample, head)), in layer order."""
+    name, b = s["name"], s["batch"]
+    if name in ("mlp", "infer1"):
+        dims = [s["in_dim"], s["hidden"], s["hidden"], s["classes"]]
+        return [(f"dense{i + 1}", 1, b, dims[i], dims[i + 1]) for i in range(3)]
+    if name == "cnn":
+        h1, h2, h3 = s["image"], s["image"] // 2, s["image"] // 4
+        return [("conv1", 1, b * h1 * h1, 9 * 1, s["c1"]), ("conv2", 1, b * h2 * h2, 9 * s["c1"], s["c2"]),
+                ("dense1", 1, b, s["c2"] * h3 * h3, s["dense"]), ("dense2", 1, b, s["dense"], s["classes"])]
+    if name == "gpt":
+        t, d, heads = s["context"], s["d_model"], s["heads"]
+        rows, dh = b * t, d // heads
+        block = [("qkv", 1, rows, d, 3 * d), ("scores q@k^T", b * heads, t, dh, t),
+                 ("attn@v", b * heads, t, t, dh), ("attn out", 1, rows, d, d),
+                 ("mlp up", 1, rows, d, s["mlp_ratio"] * d), ("mlp down", 1, rows, s["mlp_ratio"] * d, d)]
+        return block * s["layers"] + [("head", 1, rows, d, s["vocab"])]
+    if name == "lstm":
+        rows, h = b * s["seq"], s["hidden"]
+        # the recurrent projection runs step by step: seq products of (batch, h) x (h, 4h)
+        return [("input proj", 1, rows, s["embed"], 4 * h), ("recurrent", s["seq"], b, h, 4 * h),
+                ("head", 1, rows, h, s["vocab"])]
+    raise ValueError(name)  # pragma: no cover
 
 
 def flops_per_step(s: dict) -> int:
     """Forward (+ backward for training) matmul/conv FLOPs of one step, see the module docstring."""
-    name, b = s["name"], s["batch"]
-    if name in ("mlp", "infer1"):
-        layers = [(s["in_dim"], s["hidden"]), (s["hidden"], s["hidden"]), (s["hidden"], s["classes"])]
-        fwd = [_mm(b, i, o) for i, o in layers]
-    elif name == "cnn":
-        h1, h2 = s["image"], s["image"] // 2
-        h3 = s["image"] // 4
-        fwd = [_mm(b * h1 * h1, 9 * 1, s["c1"]), _mm(b * h2 * h2, 9 * s["c1"], s["c2"]),
-               _mm(b, s["c2"] * h3 * h3, s["dense"]), _mm(b, s["dense"], s["classes"])]
-    elif name == "gpt":
-        t, d, v = s["context"], s["d_model"], s["vocab"]
-        rows = b * t
-        block = [_mm(rows, d, 3 * d), _mm(b * t, t, d), _mm(b * t, t, d), _mm(rows, d, d),
-                 _mm(rows, d, s["mlp_ratio"] * d), _mm(rows, s["mlp_ratio"] * d, d)]
-        # the first matmul of the first block reads the embeddings, which need input gradients
-        # (the embedding tables are trained), so every matmul here gets both gradients
-        fwd = block * s["layers"] + [_mm(rows, d, v)]
-        return 3 * sum(fwd) if s["kind"] == "train" else sum(fwd)
-    elif name == "lstm":
-        rows = b * s["seq"]
-        h = s["hidden"]
-        # input projection (its input, the embedding output, needs a gradient), recurrent
-        # projection and the head over every step
-        fwd = [_mm(rows, s["embed"], 4 * h), _mm(rows, h, 4 * h), _mm(rows, h, s["vocab"])]
-        return 3 * sum(fwd) if s["kind"] == "train" else sum(fwd)
-    else:  # pragma: no cover
-        raise ValueError(name)
+    fwd = [2 * batch * m * k * n for _, batch, m, k, n in forward_products(s)]
     if s["kind"] != "train":
         return sum(fwd)
+    if s["name"] in ("gpt", "lstm"):
+        # the first product reads the embeddings, which need input gradients (the tables are
+        # trained), so every product here gets both gradients
+        return 3 * sum(fwd)
     # weight gradients of every layer + input gradients of all but the first layer
     return 2 * sum(fwd) + sum(fwd[1:])
 
