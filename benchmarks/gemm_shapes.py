@@ -36,8 +36,13 @@ if library == "torch":
     torch.set_num_threads(int(sys.argv[5]))
     matmul = lambda a, b, out: torch.matmul(a, b, out=out)
     wrap = torch.from_numpy
+    config = torch.__config__.show().replace(",", " ").split()
+    blas = next((part.split("=", 1)[1] for part in config if part.startswith("BLAS_INFO=")), None)
 else:
+    from threadpoolctl import threadpool_info
     matmul, wrap = np.matmul, lambda x: x
+    found = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    blas = f"{found[0]['internal_api']} {found[0]['version']}, kernel {found[0].get('architecture')}" if found else None
 rng = np.random.default_rng(0)
 out = []
 for batch, m, k, n in shapes:
@@ -59,7 +64,7 @@ for batch, m, k, n in shapes:
         rates.append(2 * batch * m * k * n * per_window / (time.perf_counter() - t) / 1e9)
     rates.sort()
     out.append({"median": rates[len(rates) // 2], "min": rates[0], "max": rates[-1]})
-print(json.dumps(out))
+print(json.dumps({"rates": out, "blas": blas}))
 """
 
 
@@ -75,8 +80,9 @@ def distinct_products(names) -> list[dict]:
     return rows
 
 
-def time_products(library: str, shapes, threads: int, unset_openblas: bool, windows: int, seconds: float) -> list:
-    """GFLOP/s of each (batch, m, k, n) in ``library`` ("numpy" or "torch"), in a subprocess."""
+def time_products(library: str, shapes, threads: int, unset_openblas: bool, windows: int, seconds: float) -> dict:
+    """GFLOP/s of each (batch, m, k, n) in ``library`` ("numpy" or "torch"), in a subprocess:
+    {"rates": [{"median", "min", "max"}, ...], "blas": the BLAS that process ran}."""
     env = machine.thread_env(threads, unset_openblas)
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "gemm_shapes_timer.py"
@@ -125,17 +131,17 @@ def main(argv=None) -> dict:
         p.error("keep it bounded: --windows <= 20, --seconds <= 2")
     rows = distinct_products([w.strip() for w in args.workloads.split(",") if w.strip()])
     shapes = [r["shape"] for r in rows]
+    blas = {}
     for library in ("numpy", "torch"):
-        for row, rate in zip(rows, time_products(library, shapes, args.threads, args.unset_openblas_env,
-                                                 args.windows, args.seconds)):
+        timed = time_products(library, shapes, args.threads, args.unset_openblas_env, args.windows, args.seconds)
+        blas[library] = timed["blas"]
+        for row, rate in zip(rows, timed["rates"]):
             row[library] = rate
-    gemm = machine.gemm_peak(args.threads, args.unset_openblas_env, sizes=(1024,), reps=3)
-    blas = gemm.get("blas") or {}
     res = {"command": "python -m benchmarks.gemm_shapes" + (" --unset-openblas-env" if args.unset_openblas_env
                                                             else ""),
            "machine": machine.info(), "threads": args.threads, "windows": args.windows, "seconds": args.seconds,
-           "unset_openblas": args.unset_openblas_env, "torch_blas": _torch_blas(),
-           "blas": f"{blas.get('name')} {blas.get('version')}, kernel {gemm.get('openblas_core')}", "rows": rows}
+           "unset_openblas": args.unset_openblas_env, "blas": blas["numpy"], "torch_blas": blas["torch"],
+           "rows": rows}
     text = markdown(res)
     print(text)
     if not args.no_write:
@@ -143,16 +149,6 @@ def main(argv=None) -> dict:
 
         save_results("gemm-shapes", res, text, RESULTS_JSON)
     return res
-
-
-def _torch_blas() -> str | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    config = torch.__config__.show()
-    return next((part.split("=", 1)[1] for part in config.replace(",", "\n").split()
-                 if part.startswith("BLAS_INFO=")), None)
 
 
 if __name__ == "__main__":

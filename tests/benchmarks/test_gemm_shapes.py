@@ -31,11 +31,12 @@ def test_each_shape_is_timed_once_per_workload():
     assert len({tuple(r["shape"]) for r in rows}) == len(rows)
 
 
-def test_the_probe_times_numpy_and_torch_and_renders_a_table(tmp_path):
+def test_the_probe_times_numpy_and_torch_and_renders_a_table():
     res = gemm_shapes.main(["--workloads", "infer1", "--windows", "1", "--seconds", "0.01", "--no-write"])
     assert len(res["rows"]) == 3
     for row in res["rows"]:
         for library in ("numpy", "torch"):
             assert math.isfinite(row[library]["median"]) and row[library]["median"] > 0
+    assert res["torch_blas"] and res["blas"]  # each timer names the BLAS it ran
     text = gemm_shapes.markdown(res)
     assert "| infer1 | dense2 | 1 x 1 x 512 x 512 |" in text
