@@ -288,6 +288,11 @@ def write_import(res: dict, json_path: Path | None = None) -> None:
              "`python -c \"import X\"` in a fresh process, wall seconds, median of 5 after one untimed start "
              "(min–max); keras with its TensorFlow backend. Sizes: the files each distribution installed, and "
              "summed over its dependency closure (importlib.metadata)." + verdict, ""]
+    if res.get("dont_write_bytecode_set"):
+        lines += ["PYTHONDONTWRITEBYTECODE was set in this environment; the untimed start ran without it, so "
+                  "each package's bytecode cache (`__pycache__`) existed for the timed starts, as after an "
+                  "install and a first import anywhere else (pip writes it for installed packages; ember is "
+                  "an editable install here, whose cache Python writes on first import).", ""]
     lines += import_time.table(res)
     lines += ["", f"Raw results: `{json_path.relative_to(ROOT)}`. Reproduce: `python -m benchmarks.import_time "
               "--write` (also part of `python -m benchmarks.run`)."]
