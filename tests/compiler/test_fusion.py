@@ -295,6 +295,23 @@ def test_kernels_are_cached_on_disk_and_a_second_process_does_not_compile(tmp_pa
     assert second["hits"] == 1 and second["misses"] == 0   # loaded from numba's disk cache
 
 
+def test_a_change_to_the_kernels_helper_modules_compiles_them_again(tmp_path, monkeypatch):
+    # numba's cache of a kernel module does not see the fastmath/native functions it inlines;
+    # their sources are part of the kernel's file name instead
+    from ember.compiler import kernels
+
+    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path))
+    source = "import numba\n\n\n@numba.njit(cache=True)\ndef plus_one(x):\n    return x + 1\n"
+    first = kernels.load_kernel_module(source)
+    assert kernels.load_kernel_module(source) is first
+    monkeypatch.setattr(kernels, "_HELPERS_DIGEST", [b"another fastmath.py"])
+    second = kernels.load_kernel_module(source)
+    assert second is not first and second.__file__ != first.__file__
+    assert second.plus_one(1) == 2
+    assert sorted(f for f in os.listdir(tmp_path / "kernels") if f.endswith(".py")) == sorted(
+        os.path.basename(m.__file__) for m in (first, second))
+
+
 def test_import_ember_and_defining_a_jit_do_not_import_numba():
     script = textwrap.dedent("""
         import sys

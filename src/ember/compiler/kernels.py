@@ -123,8 +123,25 @@ def kernel_imports(members):
     return lines
 
 
+#: the modules kernel sources import numba functions from. numba's disk cache of a kernel is
+#: keyed on its own file only, so their sources are part of every kernel's name: a change to
+#: them (a new ember) compiles the kernels again instead of loading code built from the old ones
+_KERNEL_HELPERS = ("fastmath.py", "native.py")
+_HELPERS_DIGEST: list = []
+
+
+def _helpers_digest():
+    if not _HELPERS_DIGEST:
+        h = hashlib.sha256()
+        for name in _KERNEL_HELPERS:
+            with open(os.path.join(os.path.dirname(__file__), name), "rb") as f:
+                h.update(f.read())
+        _HELPERS_DIGEST.append(h.digest())
+    return _HELPERS_DIGEST[0]
+
+
 def load_kernel_module(source):
-    digest = hashlib.sha256(source.encode()).hexdigest()[:24]
+    digest = hashlib.sha256(_helpers_digest() + source.encode()).hexdigest()[:24]
     mod = _LOADED.get(digest)
     if mod is not None:
         return mod
