@@ -91,6 +91,26 @@ def test_compile_time_is_recorded_per_trace_and_counts_the_first_run(dynamic_bat
     assert len(runs) == 1 and runs[0].endswith(f"{jitted.compile_seconds[0]:.3f} s compiling in all")
 
 
+def test_the_guards_check_agrees_with_failed_guard():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.1))
+    jitted = em.jit(model)
+    jitted(em.randn(2, 3))
+    compiled = jitted.forward._last[3]
+    assert compiled.guards_hold() and compiled.failed_guard() is None
+    model[1].eval()
+    assert not compiled.guards_hold()
+    assert compiled.failed_guard() == "Dropout.training changed from True to False"
+    model[1].train()
+    assert compiled.guards_hold()
+    # a guard that cannot be read counts as failed, in both
+    compiled.guards[("broken",)] = ("a broken reader", lambda: 1 / 0, 1)
+    from ember.compiler.jit import _guards_check
+
+    compiled.guards_hold = _guards_check(compiled.guards)
+    assert not compiled.guards_hold()
+    assert compiled.failed_guard() == "a broken reader can no longer be read"
+
+
 def test_debug_log_says_why_it_retraced(caplog):
     model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.1))
     jitted = em.jit(model)
