@@ -88,10 +88,10 @@ class Compiled:
         self.input_grads = input_grads      # argument positions whose .grad the graph sets
         self.runner = build_runner(graph, debug)
         self.calls = 0
-        self.sets_grads = bool(graph.grads)
-        # the usual result, one new array: _run wraps it without the general tree rebuild
-        self.one_array = len(graph.outputs) == 1 and hasattr(graph.outputs[0], "kind") and \
-            out_tree([0]) == 0
+        # the usual result, one new array and no .grad to set: _run wraps it without the
+        # general tree rebuild
+        self.returns_one_array = not graph.grads and len(graph.outputs) == 1 and \
+            hasattr(graph.outputs[0], "kind") and out_tree([0]) == 0
         # the graph's intermediate buffers are reused across runs, so one run at a time: two
         # threads running it at once (thread DataLoader workers, a server's pool) would share them
         self._running = threading.Lock()
@@ -233,7 +233,7 @@ class JitFunction:
 
     def _run(self, compiled, tensors, args, kwargs):
         outputs, grads = compiled(tensors)
-        if not compiled.sets_grads and compiled.one_array and type(outputs[0]) is np.ndarray:
+        if compiled.returns_one_array and type(outputs[0]) is np.ndarray:
             return Tensor._make(outputs[0])
         for (tensor, _, _), g in zip(compiled.graph.grads, grads):
             target = tensors[tensor] if isinstance(tensor, int) else tensor

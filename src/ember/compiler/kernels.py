@@ -10,6 +10,7 @@ Numba is imported here only, i.e. only when something is compiled.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -127,17 +128,15 @@ def kernel_imports(members):
 #: keyed on its own file only, so their sources are part of every kernel's name: a change to
 #: them (a new ember) compiles the kernels again instead of loading code built from the old ones
 _KERNEL_HELPERS = ("fastmath.py", "native.py")
-_HELPERS_DIGEST: list = []
 
 
+@functools.cache
 def _helpers_digest():
-    if not _HELPERS_DIGEST:
-        h = hashlib.sha256()
-        for name in _KERNEL_HELPERS:
-            with open(os.path.join(os.path.dirname(__file__), name), "rb") as f:
-                h.update(f.read())
-        _HELPERS_DIGEST.append(h.digest())
-    return _HELPERS_DIGEST[0]
+    h = hashlib.sha256()
+    for name in _KERNEL_HELPERS:
+        with open(os.path.join(os.path.dirname(__file__), name), "rb") as f:
+            h.update(f.read())
+    return h.digest()
 
 
 def load_kernel_module(source):
