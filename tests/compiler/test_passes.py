@@ -191,6 +191,22 @@ def test_simplify_removes_no_op_casts_reshapes_and_permutes(name):
     assert op_names(graph) == expected
 
 
+def test_simplify_keeps_a_reshape_of_a_shared_reshape_on_its_result():
+    # a permuted gradient reshaped for a column sum and again for a weight's product (Linear on
+    # a 3-D input): both reading the strided permute would copy it twice
+    def make():
+        b = GraphBuilder()
+        x = b.input((3, 2, 4, 5))
+        flat3 = b.op("reshape", b.op("permute", x, dims=(1, 0, 2, 3)), shape=(2, 3, 20))
+        flat2 = b.op("reshape", flat3, shape=(6, 20))
+        return b.output(b.op("exp", flat3), b.op("neg", flat2))
+
+    graph = _same_results(make, passes.simplify)
+    reshapes = [n for n in graph.nodes if n.op.name == "reshape"]
+    assert len(reshapes) == 2
+    assert reshapes[1].inputs[0] is reshapes[0].output
+
+
 def test_simplify_combines_permutes_into_one():
     graph = _same_results(CHAINS["permute_permute"][0], passes.simplify)
     perm = graph.nodes[0]

@@ -181,9 +181,13 @@ def simplify(graph):
             if src.shape == node.output.shape:
                 replacement = src
             elif src.node is not None and src.node.op.name == "reshape":
-                node.inputs = [src.node.inputs[0]]
-                if node.inputs[0].shape == node.output.shape:
-                    replacement = node.inputs[0]
+                origin = src.node.inputs[0]
+                if origin.shape == node.output.shape:
+                    replacement = origin
+                elif _single_use(graph, src):
+                    # with other uses the inner reshape still runs; reshaping its result is a
+                    # view, while reshaping a strided origin (a permuted gradient) copies again
+                    node.inputs = [origin]
         elif name == "permute":
             src = ins[0]
             dims = node.attrs["dims"]
