@@ -53,3 +53,31 @@ def test_non_contiguous_buffer_is_updated_in_place():
 def test_out_of_range_index_raises():
     with pytest.raises(IndexError):
         add_at(np.zeros((3, 2)), (np.arange(100) % 5, slice(None)), np.ones((100, 2)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_rows_are_added_in_index_order_like_numpy(dtype):
+    # the same additions in the same order: bitwise np.add.at, not merely close
+    rng = np.random.default_rng(1)
+    idx = rng.integers(-96, 96, (32, 64))
+    values = rng.standard_normal((32, 64, 128)).astype(dtype) * 1e3
+    start = rng.standard_normal((96, 128)).astype(dtype)
+    want, got = start.copy(), start.copy()
+    np.add.at(want, idx, values)
+    add_at(got, (idx, slice(None)), values)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_values_of_another_dtype_are_cast_like_numpy():
+    idx = np.arange(100) % 7
+    values = np.arange(100, dtype=np.float64) / 3
+    want, got = np.zeros(7, np.float32), np.zeros(7, np.float32)
+    np.add.at(want, idx, values)
+    add_at(got, idx, values)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int64])
+def test_index_below_minus_rows_raises(dtype):
+    with pytest.raises(IndexError):
+        add_at(np.zeros((3, 2), dtype), (np.arange(100) % 3 - 4, slice(None)), np.ones((100, 2), dtype))
