@@ -282,6 +282,32 @@ def test_scatter_sums_preserves_the_gradient():
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("rows, tiles", [
+    ([(0, 2), (2, 4), (4, 6)], True),    # q, k, v of a fused projection: written, not added
+    ([(4, 6), (0, 3), (3, 4)], True),
+    ([(0, 2), (3, 5)], False),           # rows 2 and 5 stay zero
+    ([(0, 4), (2, 6)], False),           # rows 2-3 get both gradients
+    ([(0, 3), (0, 3), (3, 6)], False),
+])
+def test_scatter_sums_of_slices_that_tile_or_not_give_the_gradient(rows, tiles):
+    w = em.randn(6, 3, requires_grad=True)
+
+    def f(x):
+        loss = sum(((w[a:b] * x[: b - a]) ** (k + 1)).sum() for k, (a, b) in enumerate(rows))
+        loss.backward()
+
+    x = em.randn(6, 3)
+    g1, _, _ = em.jit(f).trace(x)
+    _, expected = run_graph(g1, [x.data])
+    g2, _, _ = em.jit(f).trace(x)
+    g2 = passes.scatter_sums(g2)
+    assert any("scatter_sum" in n.describe() for n in g2.nodes if isinstance(n, KernelNode))
+    _, got = run_graph(g2, [x.data])
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
+    terms = [((), (slice(a, b),), False) for a, b in rows]
+    assert passes._tile_the_buffer((6, 3), [(0, t, acc) for _, t, acc in terms]) is tiles
+
+
 # ---- each pass and the pipeline on traced graphs ---------------------------------------------
 
 def _traced_model_step():

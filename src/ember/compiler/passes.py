@@ -224,6 +224,20 @@ def _uses(graph):
     return count
 
 
+def _tile_the_buffer(shape, terms, max_elements=1 << 26):
+    """Whether the slices of ``terms`` (all basic: slices and ints, no index arrays) cover a
+    buffer of ``shape`` once each, as the q, k and v parts of a fused qkv projection's gradient
+    do; then the buffer can be written instead of zero-filled and added to."""
+    if any(n_idx for n_idx, _, _ in terms) or int(np.prod(shape)) > max_elements:
+        return False
+    written = np.zeros(shape, np.int8)
+    for _, template, _ in terms:
+        if any(isinstance(e, np.ndarray) for e in template):
+            return False
+        written[template] += 1
+    return bool((written == 1).all())
+
+
 def scatter_sums(graph):
     """A sum of several ``index_put`` results (how the gradients of many slices of one tensor
     add up, e.g. an RNN's per-step slices) becomes one buffer with each slice added in place,
@@ -264,8 +278,14 @@ def scatter_sums(graph):
             terms.append((len(ip.inputs) - 1, ip.attrs["template"], ip.attrs["accumulate"]))
             inputs.extend(ip.inputs)
         n_dense = len(dense)
+        tiles = not n_dense and _tile_the_buffer(shape, terms)
 
-        def run(*arrays, n_dense=n_dense, terms=terms, shape=shape, dtype=dtype):
+        def run(*arrays, n_dense=n_dense, terms=terms, shape=shape, dtype=dtype, tiles=tiles):
+            if tiles:  # each element is written exactly once: no zero fill, no read-add-write
+                buf = np.empty(shape, dtype)
+                for k, (_, template, _) in enumerate(terms):
+                    buf[template] = arrays[k]
+                return (buf,)
             if n_dense:
                 buf = np.array(arrays[0], dtype=dtype, copy=True)
                 for a in arrays[1:n_dense]:
