@@ -228,12 +228,12 @@ def _tile_the_buffer(shape, terms, max_elements=1 << 26):
     """Whether the slices of ``terms`` (all basic: slices and ints, no index arrays) cover a
     buffer of ``shape`` once each, as the q, k and v parts of a fused qkv projection's gradient
     do; then the buffer can be written instead of zero-filled and added to."""
-    if any(n_idx for n_idx, _, _ in terms) or int(np.prod(shape)) > max_elements:
+    from ..ops.indexing import _is_basic
+
+    if not all(_is_basic(template) for _, template, _ in terms) or int(np.prod(shape)) > max_elements:
         return False
     written = np.zeros(shape, np.int8)
     for _, template, _ in terms:
-        if any(isinstance(e, np.ndarray) for e in template):
-            return False
         written[template] += 1
     return bool((written == 1).all())
 

@@ -153,9 +153,11 @@ def add_at(buf: np.ndarray, index, values: np.ndarray) -> None:
         np.add.at(buf, index, values)
         return
     flat = idx.reshape(-1)
-    if flat.dtype.kind == "i" and flat.min() < 0:
+    lowest = flat.min()
+    if lowest < 0:
         flat = np.where(flat < 0, flat + buf.shape[0], flat)
-    if flat.min() < 0 or flat.max() >= buf.shape[0]:  # (the kernel does not check bounds)
+        lowest = flat.min()
+    if lowest < 0 or flat.max() >= buf.shape[0]:  # (the kernel does not check bounds)
         np.add.at(buf, index, values)  # raises numpy's IndexError
         return
     rows = values.reshape(flat.size, -1)
