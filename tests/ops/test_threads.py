@@ -128,6 +128,10 @@ def test_a_user_set_openblas_timeout_is_kept(monkeypatch):
 
 CONV_CASES = [  # batch 5: uneven ranges, one image per chunk
     ((5, 3, 6, 5), (4, 3, 3, 3), dict(padding=1)),
+    # stride 1, output the input's size: the numba im2col, with every kind of shift
+    ((5, 2, 7, 6), (3, 2, 3, 5), dict(padding=(1, 2))),
+    ((5, 2, 8, 7), (3, 2, 3, 3), dict(dilation=(2, 1), padding=(2, 1))),
+    ((5, 3, 4, 5), (2, 3, 1, 3), dict(padding=(0, 1))),
     ((5, 4, 7, 6), (6, 2, 3, 2), dict(stride=2, padding=(1, 0), groups=2)),
     ((5, 2, 8, 8), (3, 2, 3, 3), dict(dilation=2, padding=1)),
 ]
@@ -138,6 +142,27 @@ CONV_CASES = [  # batch 5: uneven ranges, one image per chunk
 def test_conv2d_split_matches_torch(split_everything, layout, xs, ws, kw, bias):
     f = lambda x, w, b=None: P(x).conv2d(x, w, b, **kw)
     check(f, f, [xs, ws] + ([(ws[0],)] if bias else []))
+
+
+def test_same_size_conv_keeps_infinities_in_their_windows_like_torch(layout):
+    # the numba im2col masks the shifts that would wrap into the next or previous row: an inf
+    # at an image's edge must reach only the outputs whose window holds it, in the forward
+    # and in the weight gradient (a multiply by a 0/1 mask would give NaN)
+    x = np.random.default_rng(3).standard_normal((3, 8, 5, 6))
+    x[0, 0, 1, 0], x[1, 7, 4, 5], x[2, 3, 0, 2] = np.inf, -np.inf, np.inf
+    w = np.random.default_rng(4).standard_normal((4, 8, 3, 3))
+    g = np.random.default_rng(5).standard_normal((3, 4, 5, 6))
+    res = []
+    for lib in (em, torch):
+        xt, wt = lib.tensor(x), lib.tensor(w, requires_grad=True)
+        y = lib.nn.functional.conv2d(xt, wt, padding=1)
+        y.backward(lib.tensor(g))
+        res.append((y.detach().numpy(), wt.grad.numpy()))
+    for ours, theirs in zip(*res):
+        np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+        np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))
+        finite = np.isfinite(theirs)
+        np.testing.assert_allclose(ours[finite], theirs[finite], rtol=1e-10)
 
 
 CONVT_CASES = [
