@@ -10,28 +10,33 @@ from opcheck import check_fd
 
 
 def _inputs(rng, length=5, n=3, hs=4, dtype=np.float64):
-    return [rng.standard_normal(s).astype(dtype) for s in ((length, n, 4 * hs), (n, hs), (n, hs), (4 * hs, hs))]
+    """xp, h0, c0, w_hh and bias."""
+    return [rng.standard_normal(s).astype(dtype)
+            for s in ((length, n, 4 * hs), (n, hs), (n, hs), (4 * hs, hs), (4 * hs,))]
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_every_output_slot_has_the_finite_difference_gradient(reverse):
-    """Gradients through h, c and the saved gate activations, for all four inputs."""
+@pytest.mark.parametrize("bias", [False, True])
+def test_every_output_slot_has_the_finite_difference_gradient(reverse, bias):
+    """Gradients through h, c and the saved gate activations, for every input."""
     rng = np.random.default_rng(0)
-    check_fd(lambda xp, h0, c0, w: lstm_sequence(xp, h0, c0, w, reverse=reverse), _inputs(rng))
+    inputs = _inputs(rng)
+    check_fd(lambda xp, h0, c0, w, b=None: lstm_sequence(xp, h0, c0, w, b, reverse=reverse),
+             inputs if bias else inputs[:4])
 
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_matches_torch_lstm_step_by_step(reverse):
     rng = np.random.default_rng(1)
-    xp, h0, c0, w = _inputs(rng, dtype=np.float32)
+    inputs = _inputs(rng, dtype=np.float32)
     g = rng.standard_normal((5, 3, 4)).astype(np.float32)
-    ours = [em.tensor(a, requires_grad=True) for a in (xp, h0, c0, w)]
+    ours = [em.tensor(a, requires_grad=True) for a in inputs]
     packed = lstm_sequence(*ours, reverse=reverse)
     (packed[:, :, 0] * em.tensor(g)).sum().backward()
-    theirs = [torch.tensor(a, requires_grad=True) for a in (xp, h0, c0, w)]
+    theirs = [torch.tensor(a, requires_grad=True) for a in inputs]
     h, c, hs = theirs[1], theirs[2], []
     for t in (range(4, -1, -1) if reverse else range(5)):
-        i, f, gg, o = (theirs[0][t] + h @ theirs[3].T).chunk(4, 1)
+        i, f, gg, o = (theirs[0][t] + h @ theirs[3].T + theirs[4]).chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
         h = torch.sigmoid(o) * torch.tanh(c)
         hs.append((t, h, c))
@@ -71,14 +76,40 @@ def test_second_derivative_is_refused_clearly():
 
 
 def test_shape_and_dtype_errors_name_the_op():
-    xp, h0, c0, w = (em.tensor(a) for a in _inputs(np.random.default_rng(3)))
+    xp, h0, c0, w, b = (em.tensor(a) for a in _inputs(np.random.default_rng(3)))
     with pytest.raises(em.ShapeError, match=r"lstm_sequence: w_hh has shape \(16, 3\), expected \(16, 4\)"):
         lstm_sequence(xp, h0, c0, w[:, :3])
+    with pytest.raises(em.ShapeError, match=r"lstm_sequence: bias has shape \(15,\), expected \(16,\)"):
+        lstm_sequence(xp, h0, c0, w, b[:15])
     with pytest.raises(em.OpError, match="one floating dtype"):
         lstm_sequence(xp, h0, c0, w.float())
+    with pytest.raises(em.OpError, match="one floating dtype"):
+        lstm_sequence(xp, h0, c0, w, b.float())
 
 
-def test_jit_step_equals_eager():
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_gradient_of_h_alone_equals_the_zero_filled_one(reverse):
+    """lstm_sequence_grad given only h's gradient (L, N, H), as the compiler passes it, gives
+    what the full (L, N, 6, H) gradient with zeros in the other slots gives, bit for bit."""
+    from ember.ops import rnn
+
+    rng = np.random.default_rng(6)
+    xp, h0, c0, w, b = _inputs(rng, length=6, n=3, hs=5, dtype=np.float32)
+    out = rnn._sequence_np(xp, h0, c0, w, b, reverse=reverse)
+    g_h = rng.standard_normal((6, 3, 5)).astype(np.float32)
+    full = np.zeros(out.shape, np.float32)
+    full[:, :, 0] = g_h
+    np.testing.assert_array_equal(rnn._grad_np(g_h, out, h0, c0, w, reverse=reverse),
+                                  rnn._grad_np(full, out, h0, c0, w, reverse=reverse))
+    with pytest.raises(em.ShapeError, match=r"lstm_sequence_grad: output gradient has shape \(6, 3, 4\)"):
+        rnn.LSTM_SEQUENCE_GRAD.infer(em.ones(6, 3, 4), em.ones(6, 3, 6, 5), em.ones(3, 5), em.ones(3, 5),
+                                     em.ones(20, 5), reverse=reverse)
+
+
+@pytest.mark.parametrize("uses_c", [True, False])
+def test_jit_step_equals_eager(uses_c):
+    """With only the output sequence in the loss, the compiled backward passes h's gradient
+    alone (no zero-filled index_put feeds lstm_sequence_grad); with c_n too, the full one."""
     def run(jit):
         em.manual_seed(0)
         model = em.nn.LSTM(3, 4, batch_first=True)
@@ -88,19 +119,25 @@ def test_jit_step_equals_eager():
         def step(x):
             opt.zero_grad()
             out, (h, c) = model(x)
-            loss = (out ** 2).mean() + c.sum()
+            loss = (out ** 2).mean() + (c.sum() if uses_c else 0)
             loss.backward()
             opt.step()
             return loss
 
-        step = em.jit(step) if jit else step
-        losses = [step(x).item() for _ in range(3)]
-        return losses, [p.detach().numpy().copy() for p in model.parameters()]
+        jitted = em.jit(step) if jit else step
+        losses = [jitted(x).item() for _ in range(3)]
+        grad_inputs = None
+        if jit:
+            nodes = jitted.graph(x).nodes
+            grad_inputs = [n.inputs[0] for n in nodes if n.op.name == "lstm_sequence_grad"]
+        return losses, [p.detach().numpy().copy() for p in model.parameters()], grad_inputs
 
-    (le, pe), (lj, pj) = run(False), run(True)
+    (le, pe, _), (lj, pj, grad_inputs) = run(False), run(True)
     np.testing.assert_allclose(lj, le, rtol=1e-5)
     for a, b in zip(pj, pe):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert len(grad_inputs) == 1
+    assert grad_inputs[0].shape == ((6, 2, 6, 4) if uses_c else (6, 2, 4))
 
 
 # ---- the recurrence shared by threads (forward_part / backward_part) ----------------------
@@ -126,14 +163,18 @@ def test_threads_sharing_each_step_give_the_one_thread_results(team_recurrence, 
     from ember.ops import rnn
 
     rng = np.random.default_rng(4)
-    xp, h0, c0, w = _inputs(rng, length=6, n=5, hs=7, dtype=dtype)
+    xp, h0, c0, w, b = _inputs(rng, length=6, n=5, hs=7, dtype=dtype)
     g = rng.standard_normal((6, 5, 6, 7)).astype(dtype)
-    shared = rnn._sequence_np(xp, h0, c0, w, reverse), rnn._grad_np(g, rnn._sequence_np(xp, h0, c0, w, reverse),
-                                                                    h0, c0, w, reverse)
-    assert len(team_recurrence) == 3 and all(k >= 2 for k in team_recurrence)
+
+    def both():
+        out = rnn._sequence_np(xp, h0, c0, w, b, reverse=reverse)
+        return out, rnn._grad_np(g, out, h0, c0, w, reverse=reverse), rnn._grad_np(g[:, :, 0], out, h0, c0, w,
+                                                                                   reverse=reverse)
+
+    shared = both()
+    assert len(team_recurrence) == 3 and all(k >= 2 for k in team_recurrence)  # forward and both gradients
     monkeypatch.setattr(rnn, "_TEAM_MIN_STEP_WORK", 1 << 62)
-    alone = rnn._sequence_np(xp, h0, c0, w, reverse), rnn._grad_np(g, rnn._sequence_np(xp, h0, c0, w, reverse),
-                                                                   h0, c0, w, reverse)
+    alone = both()
     assert len(team_recurrence) == 3  # no team this time
     tol = 1e-6 if dtype == np.float32 else 1e-13
     for a, b in zip(shared, alone):

@@ -208,6 +208,8 @@ def simplify(graph):
                 node.attrs = {"dims": combined}
                 if combined == tuple(range(len(combined))):
                     replacement = node.inputs[0]
+        elif node.op.simplify is not None:
+            node.op.simplify(node)
         if replacement is not None:
             mapping[node.output.id] = replacement
     _replace_uses(graph, mapping)

@@ -10,7 +10,8 @@ A ``Primitive`` bundles
     the error messages use (``specs`` have ``.shape`` and ``.dtype``),
   * ``saves``: which input values the gradient rules need (the rest are dropped after the
     forward pass and passed to the rules as ``Meta`` with only shape and dtype),
-  * ``onnx``: the ONNX mapping, filled in by ``ember.onnx``.
+  * ``onnx``: the ONNX mapping, filled in by ``ember.onnx``,
+  * ``simplify``: an optional op-specific graph rewrite for the compiler's simplify pass.
 
 ``apply`` is the single gateway through which every op runs, so grad recording, the
 compiler's tracer and error reporting each live in exactly one place.
@@ -52,7 +53,7 @@ class Meta:
 
 class Primitive:
     __slots__ = ("name", "forward", "grads", "vjp", "infer", "saves", "uses_out", "broadcasts",
-                 "is_view", "onnx", "differentiable", "scatter_grad", "scalar", "scalar_dtypes")
+                 "is_view", "onnx", "differentiable", "scatter_grad", "scalar", "scalar_dtypes", "simplify")
 
     def __init__(self, name, forward, grads=None, *, vjp=None, infer=None, saves=None,
                  uses_out=False, broadcasts=False, is_view=False, scatter_grad=None):
@@ -76,6 +77,9 @@ class Primitive:
         self.scalar = None
         # the output dtypes (names) the compiler may fuse it for; None: every dtype
         self.scalar_dtypes = None
+        # ``simplify(node)``: a rewrite of one of its graph nodes, in place, that the compiler's
+        # simplify pass applies (e.g. lstm_sequence_grad reading a gradient without its zeros)
+        self.simplify = None
 
     def __repr__(self):
         return f"<primitive {self.name}>"

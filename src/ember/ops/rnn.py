@@ -20,14 +20,17 @@ workload's 32 x 256 x 1024), so the cell's time is what the split saves: the wor
 forward recurrence went 8.6 -> 7.0 ms and its backward 14.2 -> 12.7 ms (alternated in one
 process, a slow phase of this VM).
 
-Inputs: ``xp`` (L, N, 4H), the input projection with both biases (computed by the layer
-with one matmul), ``h0`` and ``c0`` (N, H), ``w_hh`` (4H, H); gate order i, f, g, o
+Inputs: ``xp`` (L, N, 4H), the input projection (computed by the layer with one matmul),
+``h0`` and ``c0`` (N, H), ``w_hh`` (4H, H) and optionally ``bias`` (4H,), both biases summed,
+which the cell adds (a separate add would be one more pass over the 8 MB projection of the
+benchmark's lstm, 2.3 ms, and its gradient's column sum another 1.6); gate order i, f, g, o
 (PyTorch's). The output packs, per step, ``h, c, i, f, g, o`` as (L, N, 6, H): the layer
 reads h (and c at the last step); the gate activations are what the backward needs. The
-backward is the primitive ``lstm_sequence_grad``, whose result packs the four gradients in
+backward is the primitive ``lstm_sequence_grad``, whose result packs the five gradients in
 one flat array; it has no derivative itself (as cuDNN's fused LSTM), and asking for one
-raises. ``reverse=True`` runs the steps from L-1 down to 0 (a bidirectional layer's second
-direction).
+raises. Its output gradient is the packed (L, N, 6, H) one or, after the compiler's rewrite
+``_h_gradient_only``, h's (L, N, H) alone. ``reverse=True`` runs the steps from L-1 down to 0
+(a bidirectional layer's second direction).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from . import threads
 from .helpers import numba_module
 from .registry import Meta, apply, primitive
 
-_SOURCE = """# ember LSTM cell kernels (format 5)
+_SOURCE = """# ember LSTM cell kernels (format 6)
 import numba
 
 from ember.compiler.fastmath import fast_sigmoid, fast_tanh
@@ -53,10 +56,10 @@ from ember.compiler.native import CBLAS_NO_TRANS, CBLAS_TRANS, blas_gemm, spin_b
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def cell_forward(hw, x_t, c_prev, out_t, pre, j0, j1):
-    # pre-activations hw.T + x_t -> gates i, f, g, o, then c and h, into out_t's rows, for
-    # units j0:j1; hw: (4m, N) with m = j1 - j0, the recurrent product for those units' four
-    # gate rows as the GEMM wrote it; pre: a (4m,) scratch row
+def cell_forward(hw, x_t, bias, c_prev, out_t, pre, j0, j1):
+    # pre-activations hw.T + x_t + bias -> gates i, f, g, o, then c and h, into out_t's rows,
+    # for units j0:j1; hw: (4m, N) with m = j1 - j0, the recurrent product for those units'
+    # four gate rows as the GEMM wrote it; pre: a (4m,) scratch row
     n, hs = c_prev.shape
     m = j1 - j0
     for a in range(n):
@@ -65,9 +68,9 @@ def cell_forward(hw, x_t, c_prev, out_t, pre, j0, j1):
         cp = c_prev[a, j0:j1]
         hw_a, x_a = hw[:, a], x_t[a]
         for k in range(4):
-            x_k = x_a[k * hs + j0:k * hs + j1]
+            x_k, b_k = x_a[k * hs + j0:k * hs + j1], bias[k * hs + j0:k * hs + j1]
             for j in range(m):
-                pre[k * m + j] = hw_a[k * m + j] + x_k[j]
+                pre[k * m + j] = hw_a[k * m + j] + x_k[j] + b_k[j]
         for k, act in ((0, i), (1, f), (3, o)):
             pk = pre[k * m:(k + 1) * m]
             for j in range(m):
@@ -82,15 +85,19 @@ def cell_forward(hw, x_t, c_prev, out_t, pre, j0, j1):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def cell_backward(g_out, out, c_prev, dh_next, dc_next, dgates, tanh_c, dc_now, j0, j1):
-    # units j0:j1; tanh_c, dc_now: (m,) scratch rows
+def cell_backward(g_h, g_rest, out, c_prev, dh_next, dc_next, dgates, d_bias, tanh_c, dc_now, j0, j1):
+    # units j0:j1; g_h: (N, H), the gradient of h; g_rest: (N, 5, H), those of c, i, f, g, o;
+    # d_bias: (4H,) float64, the gate gradients summed over the steps so far; tanh_c,
+    # dc_now: (m,) scratch rows
     n, hs = c_prev.shape
     m = j1 - j0
     one = c_prev.dtype.type(1)
+    db_i, db_f = d_bias[j0:j1], d_bias[hs + j0:hs + j1]
+    db_g, db_o = d_bias[2 * hs + j0:2 * hs + j1], d_bias[3 * hs + j0:3 * hs + j1]
     for a in range(n):
         c, i, f, g, o = out[a, 1, j0:j1], out[a, 2, j0:j1], out[a, 3, j0:j1], out[a, 4, j0:j1], out[a, 5, j0:j1]
-        gh, gc, gi = g_out[a, 0, j0:j1], g_out[a, 1, j0:j1], g_out[a, 2, j0:j1]
-        gf, gg, go = g_out[a, 3, j0:j1], g_out[a, 4, j0:j1], g_out[a, 5, j0:j1]
+        gh, gc, gi = g_h[a, j0:j1], g_rest[a, 0, j0:j1], g_rest[a, 1, j0:j1]
+        gf, gg, go = g_rest[a, 2, j0:j1], g_rest[a, 3, j0:j1], g_rest[a, 4, j0:j1]
         dh, dc, cp = dh_next[a, j0:j1], dc_next[a, j0:j1], c_prev[a, j0:j1]
         d_a = dgates[a]
         di, df = d_a[j0:j1], d_a[hs + j0:hs + j1]
@@ -111,10 +118,13 @@ def cell_backward(g_out, out, c_prev, dh_next, dc_next, dgates, tanh_c, dc_now, 
             df[j] = (dc_now[j] * cp[j] + gf[j]) * f[j] * (one - f[j])
         for j in range(m):
             dc[j] = dc_now[j] * f[j]
+        for db, d in ((db_i, di), (db_f, df), (db_g, dg), (db_o, do)):
+            for j in range(m):
+                db[j] += d[j]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def forward_part(gemm, int64_api, counters, parts, j0, j1, w_part, xp, h0, c0, out, hw, pre, reverse):
+def forward_part(gemm, int64_api, counters, parts, j0, j1, w_part, xp, bias, h0, c0, out, hw, pre, reverse):
     # one thread's share of the whole forward recurrence: units j0:j1 of every step; w_part:
     # (4m, H), those units' rows of w_hh, gate by gate. After each step every part waits for
     # the others: the next step's product needs all of h
@@ -127,27 +137,29 @@ def forward_part(gemm, int64_api, counters, parts, j0, j1, w_part, xp, h0, c0, o
         if k == 0:
             blas_gemm(gemm, int64_api, CBLAS_NO_TRANS, CBLAS_TRANS, w_part.shape[0], n, hs, w_part, hs,
                       h0, h0.strides[0] // item, hw, n)
-            cell_forward(hw, xp[t], c0, out[t], pre, j0, j1)
+            cell_forward(hw, xp[t], bias, c0, out[t], pre, j0, j1)
         else:
             blas_gemm(gemm, int64_api, CBLAS_NO_TRANS, CBLAS_TRANS, w_part.shape[0], n, hs, w_part, hs,
                       out[prev, :, 0], out.strides[1] // item, hw, n)
-            cell_forward(hw, xp[t], out[prev, :, 1], out[t], pre, j0, j1)
+            cell_forward(hw, xp[t], bias, out[prev, :, 1], out[t], pre, j0, j1)
         if not spin_barrier(counters, parts * (k + 1)):
             return
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def backward_part(gemm, int64_api, counters, parts, j0, j1, w_t, g_out, out, c0, dgates, dh, dc, dh_t,
-                  tanh_c, dc_now, reverse):
+def backward_part(gemm, int64_api, counters, parts, j0, j1, w_t, g_h, g_rest, out, c0, dgates, d_bias, dh, dc,
+                  dh_t, tanh_c, dc_now, reverse):
     # one thread's share of the backward recurrence: units j0:j1. Each step's product for
-    # these units' rows of dh reads every unit's gate gradients: the parts wait before it
+    # these units' rows of dh reads every unit's gate gradients: the parts wait before it.
+    # g_rest has one step (zeros: only h has a gradient) or all of them
     length, n = out.shape[0], out.shape[1]
     hs = out.shape[3]
     m = j1 - j0
     for k in range(length - 1, -1, -1):
         t = length - 1 - k if reverse else k
         c_prev = c0 if k == 0 else out[t + 1 if reverse else t - 1, :, 1]
-        cell_backward(g_out[t], out[t], c_prev, dh, dc, dgates[t], tanh_c, dc_now, j0, j1)
+        cell_backward(g_h[t], g_rest[min(t, g_rest.shape[0] - 1)], out[t], c_prev, dh, dc, dgates[t], d_bias,
+                      tanh_c, dc_now, j0, j1)
         if not spin_barrier(counters, parts * (length - k)):
             return
         blas_gemm(gemm, int64_api, CBLAS_NO_TRANS, CBLAS_TRANS, m, n, 4 * hs, w_t[j0:j1], 4 * hs,
@@ -191,13 +203,14 @@ def _in_team(kernel, counters, part_args) -> bool:
     return threads.team(part) > 0
 
 
-def _sequence_np(xp, h0, c0, w_hh, reverse):
+def _sequence_np(xp, h0, c0, w_hh, bias=None, *, reverse):
     length, n, gates = xp.shape
     hs = gates // 4
     dtype = np.result_type(xp.dtype, w_hh.dtype)
     out = np.empty((length, n, 6, hs), dtype=dtype)
     kernels = numba_module(_SOURCE)
     h0, c0 = np.ascontiguousarray(h0, dtype=dtype), np.ascontiguousarray(c0, dtype=dtype)
+    bias = np.zeros(gates, dtype=dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
     gemm = _team_gemm(n, hs, dtype)
     if gemm is not None:
         counters = np.zeros(2, dtype=np.int64)
@@ -206,7 +219,7 @@ def _sequence_np(xp, h0, c0, w_hh, reverse):
         def part_args(index, count):
             j0, j1 = _unit_range(index, count, hs)
             w_part = np.ascontiguousarray(w_gates[:, j0:j1].reshape(-1, hs), dtype=dtype)
-            return (*gemm, counters, count, j0, j1, w_part, xp, h0, c0, out,
+            return (*gemm, counters, count, j0, j1, w_part, xp, bias, h0, c0, out,
                     np.empty((4 * (j1 - j0), n), dtype=dtype), np.empty(4 * (j1 - j0), dtype=dtype), reverse)
 
         if _in_team(kernels.forward_part, counters, part_args):
@@ -218,22 +231,27 @@ def _sequence_np(xp, h0, c0, w_hh, reverse):
     pre = np.empty(gates, dtype=dtype)
     for t in _order(length, reverse):
         np.matmul(w_hh, h.T, out=hw_t)
-        kernels.cell_forward(hw_t, xp[t], c, out[t], pre, 0, hs)
+        kernels.cell_forward(hw_t, xp[t], bias, c, out[t], pre, 0, hs)
         h, c = out[t, :, 0], out[t, :, 1]
     return out
 
 
-def _grad_np(g_out, out, h0, c0, w_hh, reverse):
+def _grad_np(g_out, out, h0, c0, w_hh, *, reverse):
     length, n, _, hs = out.shape
     dtype = out.dtype
     g_out = np.ascontiguousarray(g_out, dtype=dtype)
+    if g_out.ndim == 3:  # the gradient of h alone (_h_gradient_only): the other slots' are zeros
+        g_h, g_rest = g_out, np.zeros((1, n, 5, hs), dtype=dtype)
+    else:
+        g_h, g_rest = g_out[:, :, 0], g_out[:, :, 1:]
     c0 = np.ascontiguousarray(c0, dtype=dtype)
     kernels = numba_module(_SOURCE)
-    # the four gradients are written straight into the packed result (no concatenation)
+    # the gradients are written straight into the packed result (no concatenation)
     flat = np.empty(_grad_size(out.shape), dtype=dtype)
-    dgates, dh, dc, d_w = _unpack(flat, out.shape)
+    dgates, dh, dc, d_w, d_b = _unpack(flat, out.shape)
     dh.fill(0)
     dc.fill(0)
+    d_bias = np.zeros(4 * hs)  # float64: summed over L * N rows in order
     w_t = np.ascontiguousarray(w_hh.T, dtype=dtype)
     gemm = _team_gemm(n, hs, dtype)
     counters = np.zeros(2, dtype=np.int64)
@@ -241,7 +259,7 @@ def _grad_np(g_out, out, h0, c0, w_hh, reverse):
     def part_args(index, count):
         j0, j1 = _unit_range(index, count, hs)
         m = j1 - j0
-        return (*gemm, counters, count, j0, j1, w_t, g_out, out, c0, dgates, dh, dc,
+        return (*gemm, counters, count, j0, j1, w_t, g_h, g_rest, out, c0, dgates, d_bias, dh, dc,
                 np.empty((m, n), dtype=dtype), np.empty(m, dtype=dtype), np.empty(m, dtype=dtype), reverse)
 
     steps = list(_order(length, reverse))
@@ -253,40 +271,43 @@ def _grad_np(g_out, out, h0, c0, w_hh, reverse):
         for k in range(length - 1, -1, -1):
             t = steps[k]
             c_prev = c0 if k == 0 else out[steps[k - 1], :, 1]
-            kernels.cell_backward(g_out[t], out[t], c_prev, dh, dc, dgates[t], tanh_c, dc_now, 0, hs)
+            kernels.cell_backward(g_h[t], g_rest[min(t, len(g_rest) - 1)], out[t], c_prev, dh, dc, dgates[t], d_bias,
+                                  tanh_c, dc_now, 0, hs)
             np.matmul(w_t, dgates[t].T, out=dh_t)
             np.copyto(dh, dh_t.T)
     prev_h = np.empty((length, n, hs), dtype=dtype)  # the h each step read
     for k, t in enumerate(steps):
         prev_h[t] = h0 if k == 0 else out[steps[k - 1], :, 0]
     np.matmul(dgates.reshape(length * n, 4 * hs).T, prev_h.reshape(length * n, hs), out=d_w)
+    d_b[...] = d_bias
     return flat
 
 
-def _sequence_infer(xp, h0, c0, w_hh, reverse):
+def _sequence_infer(xp, h0, c0, w_hh, bias=None, *, reverse):
     if len(xp.shape) != 3 or xp.shape[2] % 4:
         raise ShapeError(f"lstm_sequence: input projection must be (L, N, 4*H), got {tuple(xp.shape)}")
     length, n, gates = xp.shape
     hs = gates // 4
-    for name, t, want in (("h0", h0, (n, hs)), ("c0", c0, (n, hs)), ("w_hh", w_hh, (gates, hs))):
-        if tuple(t.shape) != want:
+    expected = (("h0", h0, (n, hs)), ("c0", c0, (n, hs)), ("w_hh", w_hh, (gates, hs)), ("bias", bias, (gates,)))
+    for name, t, want in expected:
+        if t is not None and tuple(t.shape) != want:
             raise ShapeError(f"lstm_sequence: {name} has shape {tuple(t.shape)}, expected {want} for an "
                              f"input projection of shape {tuple(xp.shape)}")
-    dtypes = {xp.np_dtype, h0.np_dtype, c0.np_dtype, w_hh.np_dtype}
+    dtypes = {t.np_dtype for t in (xp, h0, c0, w_hh, bias) if t is not None}
     if len(dtypes) != 1 or xp.np_dtype.kind != "f":
         raise OpError(f"lstm_sequence: inputs must share one floating dtype, got {sorted(map(str, dtypes))}")
     return (length, n, 6, hs), xp.np_dtype
 
 
 def _grad_parts(out_shape):
-    """Shapes of the four gradients (xp, h0, c0, w_hh) packed, in this order, in the flat
-    result of lstm_sequence_grad."""
+    """Shapes of the five gradients (xp, h0, c0, w_hh, bias) packed, in this order, in the
+    flat result of lstm_sequence_grad."""
     length, n, _, hs = out_shape
-    return [(length, n, 4 * hs), (n, hs), (n, hs), (4 * hs, hs)]
+    return [(length, n, 4 * hs), (n, hs), (n, hs), (4 * hs, hs), (4 * hs,)]
 
 
 def _unpack(flat, out_shape):
-    """Views of the four gradients in lstm_sequence_grad's flat result."""
+    """Views of the five gradients in lstm_sequence_grad's flat result."""
     views, start = [], 0
     for shape in _grad_parts(out_shape):
         size = int(np.prod(shape))
@@ -299,14 +320,30 @@ def _grad_size(out_shape):
     return sum(int(np.prod(shape)) for shape in _grad_parts(out_shape))
 
 
-def _grad_infer(g_out, out, h0, c0, w_hh, reverse):
+def _grad_infer(g_out, out, h0, c0, w_hh, *, reverse):
+    length, n, _, hs = out.shape
+    if tuple(g_out.shape) not in ((length, n, 6, hs), (length, n, hs)):
+        raise ShapeError(f"lstm_sequence_grad: output gradient has shape {tuple(g_out.shape)}, expected "
+                         f"{(length, n, 6, hs)} (every slot) or {(length, n, hs)} (h only)")
     return (_grad_size(out.shape),), out.np_dtype
 
 
+def _h_gradient_only(node):
+    """The compiler's rewrite of a grad node (compiler/passes.simplify): when the output
+    gradient is h's gradient written into zeros, as when the layer's only differentiated
+    result is its output sequence, the node reads h's gradient alone. The zero-filled
+    (L, N, 6, H) array is then never built (the lstm step: 12.6 MB, 3 ms) nor read."""
+    g = node.inputs[0].node
+    if (g is not None and g.op.name == "index_put" and len(g.inputs) == 1 and not g.attrs["accumulate"]
+            and g.attrs["template"] == (slice(None), slice(None), 0)):
+        node.inputs = [g.inputs[0]] + node.inputs[1:]
+
+
 LSTM_SEQUENCE_GRAD = primitive("lstm_sequence_grad", _grad_np, infer=_grad_infer)
+LSTM_SEQUENCE_GRAD.simplify = _h_gradient_only
 
 
-def _sequence_vjp(g, out, needs, xp, h0, c0, w_hh, reverse):
+def _sequence_vjp(g, out, needs, xp, h0, c0, w_hh, bias=None, *, reverse):
     if GradMode.enabled:
         raise OpError("lstm_sequence: the fused LSTM recurrence has no second derivative (create_graph=True "
                       "through an LSTM layer); differentiate through nn.LSTMCell steps instead")
@@ -318,11 +355,12 @@ LSTM_SEQUENCE = primitive("lstm_sequence", _sequence_np, vjp=_sequence_vjp, infe
                           saves=(1, 2, 3), uses_out=True)
 
 
-def lstm_sequence(xp, h0, c0, w_hh, reverse=False):
-    """The LSTM recurrence over (L, N, 4H) input projections -> (L, N, 6, H) packed h, c, i, f,
-    g, o per step (see the module docstring)."""
-    _sequence_infer(*(Meta(t.shape, t.data.dtype) for t in (xp, h0, c0, w_hh)), reverse)  # clear errors first
-    return apply(LSTM_SEQUENCE, (xp, h0, c0, w_hh), {"reverse": bool(reverse)})
+def lstm_sequence(xp, h0, c0, w_hh, bias=None, reverse=False):
+    """The LSTM recurrence over (L, N, 4H) input projections (plus ``bias``, (4H,), if given)
+    -> (L, N, 6, H) packed h, c, i, f, g, o per step (see the module docstring)."""
+    inputs = (xp, h0, c0, w_hh) + (() if bias is None else (bias,))
+    _sequence_infer(*(Meta(t.shape, t.data.dtype) for t in inputs), reverse=reverse)  # clear errors first
+    return apply(LSTM_SEQUENCE, inputs, {"reverse": bool(reverse)})
 
 
 # ---- ONNX: the recurrence unrolled into basic operators (its packed output has no ONNX LSTM
@@ -332,6 +370,7 @@ def _onnx_sequence(ctx, n):
     length, _, gates = n.inputs[0].shape
     hs = gates // 4
     xp, h, c, w = (ctx.input(n, k) for k in range(4))
+    bias = ctx.input(n, 4) if len(n.inputs) > 4 else None
     w_t = ctx.emit("Transpose", [w], perm=[1, 0])
     split = ctx.ints([hs] * 4, "gate_sizes")
     steps = {}
@@ -339,6 +378,8 @@ def _onnx_sequence(ctx, n):
         x_t = ctx.emit("Gather", [xp, ctx.ints([t], "step")], axis=0)  # (1, N, 4H)
         x_t = ctx.emit("Squeeze", [x_t, ctx.ints([0], "axis")])
         pre = ctx.emit("Add", [x_t, ctx.emit("MatMul", [h, w_t])])
+        if bias is not None:
+            pre = ctx.emit("Add", [pre, bias])
         i, f, g, o = ctx.emit("Split", [pre, split], outputs=4, axis=1)
         i, f, o = (ctx.emit("Sigmoid", [v]) for v in (i, f, o))
         g = ctx.emit("Tanh", [g])

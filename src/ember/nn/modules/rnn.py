@@ -88,14 +88,14 @@ class RNNBase(Module):
         steps = range(x.shape[0])
         if suffix:
             steps = reversed(steps)
-        if self.mode == "GRU":
-            xp = F.linear(x, w_ih, b_ih)
-        else:  # both biases enter additively: fold them into the input projection
-            xp = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
-        if self.mode == "LSTM" and x.shape[0]:  # one fused primitive for the whole recurrence (ops/rnn.py)
-            packed = lstm_sequence(xp, h0, c0, w_hh, reverse=bool(suffix))
+        bias = None if b_ih is None or self.mode == "GRU" else b_ih + b_hh  # both enter additively
+        if self.mode == "LSTM" and x.shape[0]:
+            # one fused primitive for the whole recurrence (ops/rnn.py); it adds the bias in its
+            # cell, instead of a pass over the (L, N, 4H) projection, and sums its gradient there
+            packed = lstm_sequence(F.linear(x, w_ih), h0, c0, w_hh, bias, reverse=bool(suffix))
             last = 0 if suffix else x.shape[0] - 1
             return packed[:, :, 0], packed[last, :, 0], packed[last, :, 1]
+        xp = F.linear(x, w_ih, b_ih if self.mode == "GRU" else bias)
         h, c = h0, c0
         outs = [None] * x.shape[0]
         for t in steps:
