@@ -23,8 +23,8 @@ from .registry import apply, primitive
 _SOURCE = '''# ember 2x2 max pooling kernels (format 2)
 import numba
 
-# Each loop runs over 1-D row views and touches at most three of them, so that LLVM can
-# vectorize it (see ops/rnn.py). A NaN takes its window, the last NaN winning, as in PyTorch.
+# Each loop runs over 1-D row views and touches few of them, so that LLVM can vectorize it
+# (see ops/rnn.py). A NaN takes its window, the last NaN winning, as in PyTorch.
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")

@@ -43,7 +43,7 @@ from . import threads
 from .helpers import numba_module
 from .registry import Meta, apply, primitive
 
-_SOURCE = """# ember LSTM cell kernels (format 6)
+_SOURCE = """# ember LSTM cell kernels (format 7)
 import numba
 
 from ember.compiler.fastmath import fast_sigmoid, fast_tanh
@@ -150,16 +150,14 @@ def forward_part(gemm, int64_api, counters, parts, j0, j1, w_part, xp, bias, h0,
 def backward_part(gemm, int64_api, counters, parts, j0, j1, w_t, g_h, g_rest, out, c0, dgates, d_bias, dh, dc,
                   dh_t, tanh_c, dc_now, reverse):
     # one thread's share of the backward recurrence: units j0:j1. Each step's product for
-    # these units' rows of dh reads every unit's gate gradients: the parts wait before it.
-    # g_rest has one step (zeros: only h has a gradient) or all of them
+    # these units' rows of dh reads every unit's gate gradients: the parts wait before it
     length, n = out.shape[0], out.shape[1]
     hs = out.shape[3]
     m = j1 - j0
     for k in range(length - 1, -1, -1):
         t = length - 1 - k if reverse else k
         c_prev = c0 if k == 0 else out[t + 1 if reverse else t - 1, :, 1]
-        cell_backward(g_h[t], g_rest[min(t, g_rest.shape[0] - 1)], out[t], c_prev, dh, dc, dgates[t], d_bias,
-                      tanh_c, dc_now, j0, j1)
+        cell_backward(g_h[t], g_rest[t], out[t], c_prev, dh, dc, dgates[t], d_bias, tanh_c, dc_now, j0, j1)
         if not spin_barrier(counters, parts * (length - k)):
             return
         blas_gemm(gemm, int64_api, CBLAS_NO_TRANS, CBLAS_TRANS, m, n, 4 * hs, w_t[j0:j1], 4 * hs,
@@ -240,8 +238,9 @@ def _grad_np(g_out, out, h0, c0, w_hh, *, reverse):
     length, n, _, hs = out.shape
     dtype = out.dtype
     g_out = np.ascontiguousarray(g_out, dtype=dtype)
-    if g_out.ndim == 3:  # the gradient of h alone (_h_gradient_only): the other slots' are zeros
-        g_h, g_rest = g_out, np.zeros((1, n, 5, hs), dtype=dtype)
+    if g_out.ndim == 3:  # the gradient of h alone (_h_gradient_only): the other slots' are zeros,
+        # one step's worth read at every step (a stride-0 view), not an (L, N, 5, H) array
+        g_h, g_rest = g_out, np.broadcast_to(np.zeros((n, 5, hs), dtype=dtype), (length, n, 5, hs))
     else:
         g_h, g_rest = g_out[:, :, 0], g_out[:, :, 1:]
     c0 = np.ascontiguousarray(c0, dtype=dtype)
@@ -271,8 +270,7 @@ def _grad_np(g_out, out, h0, c0, w_hh, *, reverse):
         for k in range(length - 1, -1, -1):
             t = steps[k]
             c_prev = c0 if k == 0 else out[steps[k - 1], :, 1]
-            kernels.cell_backward(g_h[t], g_rest[min(t, len(g_rest) - 1)], out[t], c_prev, dh, dc, dgates[t], d_bias,
-                                  tanh_c, dc_now, 0, hs)
+            kernels.cell_backward(g_h[t], g_rest[t], out[t], c_prev, dh, dc, dgates[t], d_bias, tanh_c, dc_now, 0, hs)
             np.matmul(w_t, dgates[t].T, out=dh_t)
             np.copyto(dh, dh_t.T)
     prev_h = np.empty((length, n, hs), dtype=dtype)  # the h each step read
