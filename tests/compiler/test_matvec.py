@@ -1,6 +1,8 @@
 """The matrix-vector kernel (compiler/matvec.py): which matmuls it takes, the elementwise
 group it absorbs, its results against torch and eager, and its fallbacks."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -66,8 +68,9 @@ def test_an_mlp_at_batch_one_runs_every_layer_through_the_kernel():
         want = model(x).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     graph = compiled_graph(f)
-    # the last bias add is too small to be fused on its own; the kernel takes it as a group of one
-    assert [n.describe() for n in graph.nodes] == ["matvec + add + relu"] * 2 + ["matvec + add"]
+    # one kernel for the three layers; the last bias add is too small to be fused on its own, the
+    # kernel takes it as a group of one
+    assert [n.describe() for n in graph.nodes] == ["matvec + add + relu -> matvec + add + relu -> matvec + add"]
     assert "permute" not in str(graph)  # x @ W.T reads W itself
 
 
@@ -176,3 +179,82 @@ def test_a_group_fed_by_two_products_is_absorbed_by_the_later_one_only():
     got = f(em.tensor(x), em.tensor(w1), em.tensor(w2)).numpy()
     np.testing.assert_allclose(got, np.maximum(x @ w1.T + x @ w2.T, 0), rtol=1e-5, atol=1e-4)
     assert [n.describe() for n in _matvec_nodes(compiled_graph(f))] == ["matvec", "matvec + add + relu"]
+
+
+def _three_layers(rows, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    params = [*_linear_pair(600, 515, dtype, seed), *_linear_pair(515, 300, dtype, seed + 1)]
+    w3 = (rng.standard_normal((20, 300)) / np.sqrt(300)).astype(dtype)  # no bias: a stage without a group
+    x = rng.standard_normal((rows, 600)).astype(dtype)
+    return x, params + [w3]
+
+
+def _three_layers_ember(x, w1, b1, w2, b2, w3):
+    return F.relu(F.linear(F.relu(F.linear(x, w1, b1)), w2, b2)) @ w3.T
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_consecutive_layers_run_as_one_kernel_and_match_torch(rows, dtype):
+    x, params = _three_layers(rows, dtype)
+    f = em.jit(_three_layers_ember)
+    got = f(em.tensor(x), *map(em.tensor, params)).numpy()
+    t = [torch.tensor(p) for p in params]
+    want = (torch.relu(torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(
+        torch.tensor(x), t[0], t[1])), t[2], t[3])) @ t[4].T).numpy()
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    assert [n.describe() for n in compiled_graph(f).nodes] == \
+        ["matvec + add + relu -> matvec + add + relu -> matvec"]
+
+
+def test_a_layer_whose_output_is_also_returned_or_read_twice_ends_the_chain():
+    x, (w1, b1, w2, b2, w3) = _three_layers(1, np.float32)
+    returned = em.jit(lambda x, w1, b1, w2, b2: (F.relu(F.linear(x, w1, b1)), F.linear(F.relu(F.linear(x, w1, b1)),
+                                                                                     w2, b2)))
+    h, out = returned(*map(em.tensor, (x, w1, b1, w2, b2)))
+    want_h = np.maximum(x @ w1.T + b1, 0)
+    np.testing.assert_allclose(h.numpy(), want_h, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.numpy(), want_h @ w2.T + b2, rtol=1e-5, atol=1e-5)
+    assert [n.describe() for n in _matvec_nodes(compiled_graph(returned))] == ["matvec + add + relu", "matvec + add"]
+
+    def twice(x, w1, b1, w2):
+        h = F.relu(F.linear(x, w1, b1))
+        return h @ w2.T + (h * h).sum()  # h is read by the product and by the sum
+    read_twice = em.jit(twice)
+    got = read_twice(*map(em.tensor, (x, w1, b1, w2)))
+    np.testing.assert_allclose(got.numpy(), want_h @ w2.T + (want_h * want_h).sum(), rtol=1e-5, atol=1e-4)
+    assert len(_matvec_nodes(compiled_graph(read_twice))) >= 2  # no chain reads h's buffer half-written
+
+
+def test_a_chain_with_a_weight_in_another_layout_at_run_time_falls_back_to_numpy():
+    x, params = _three_layers(2, np.float32)
+    f = em.jit(_three_layers_ember)
+    want = f(em.tensor(x), *map(em.tensor, params)).numpy()
+    w2_view = em.tensor(np.ascontiguousarray(params[2].T)).T  # the same values, column-major
+    got = f(em.tensor(x), *map(em.tensor, params[:2]), w2_view, *map(em.tensor, params[3:])).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert f.traces == 1
+
+
+def test_a_chain_on_fewer_numba_threads_than_parts_computes_every_range_itself():
+    # numba then runs the parallel loop's iterations one after the other: a thread waiting at a
+    # fixed range for a thread that never comes would hang here
+    import numba
+
+    x, params = _three_layers(1, np.float32)
+    f = em.jit(_three_layers_ember)
+    want = f(em.tensor(x), *map(em.tensor, params)).numpy()
+    (node,) = compiled_graph(f).nodes
+    assert "numba.prange(parts)" in node.kernel.source
+    result = {}
+
+    def on_one_thread():
+        numba.set_num_threads(1)  # per calling thread
+        result["got"] = f(em.tensor(x), *map(em.tensor, params)).numpy()
+
+    worker = threading.Thread(target=on_one_thread, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the chain kernel waited for a thread numba did not start"
+    np.testing.assert_array_equal(result["got"], want)
