@@ -161,14 +161,13 @@ def _make_kernel(stages):
     source = chain_source(stages, parallel)
     ns = {"_kernel": load_kernel_module(source).kernel, "_claims": np.zeros(len(stages) * (parts + 1), np.int64),
           "_contiguous": np.ascontiguousarray, "_empty": np.empty, "_parts": parts}
-    params, weights, call, k = ["a"], [], [], 0
+    params, weights, args, new_outputs, k = ["a"], [], ["_parts", "_claims", "a"], [], 0
     for s, stage in enumerate(stages):
         w = f"i{k}"
         others = [f"i{k + 1 + j}" for j in range(len(stage.others))]
         params += [w] + others
         k += 1 + len(others)
-        weights.append(f"w{s}")
-        call.append(f"    w{s} = {w if stage.transposed else w + '.T'}")
+        weights.append(f"    w{s} = {w if stage.transposed else w + '.T'}")
         arrays = [f"{x}.reshape(1)" if not v.shape else x for x, v in zip(others, stage.others)]
         if stage.group is not None:  # else the product is the output
             ns[f"A{s}"] = np.empty(stage.shape, stage.product_dtype)  # read only inside the kernel
@@ -178,21 +177,23 @@ def _make_kernel(stages):
             if s + 1 < len(stages) and buffer is None:
                 buffer = np.empty(stage.shape, dtype)  # an intermediate only the next stage reads
             if buffer is None:
-                outs.append(f"_empty({stage.shape!r}, D{s}_{j})")
-                ns[f"D{s}_{j}"] = dtype
+                outs.append(f"o{j}")
+                new_outputs.append(f"    o{j} = _empty({stage.shape!r}, D{j})")
+                ns[f"D{j}"] = dtype
             else:
                 outs.append(f"B{s}_{j}")
                 ns[f"B{s}_{j}"] = buffer
-        arrays += outs
-        call.append(f"    a{s} = ({', '.join(arrays)},)")
+        args += [f"w{s}"] + arrays + outs
     ns["_fallback"] = functools.partial(_fallback, stages)
-    body = [f"def run({', '.join(params)}):", *call,
-            f"    if not ({' and '.join(w + '.flags.c_contiguous' for w in weights)}):",
+    contiguous = " and ".join(f"w{s}.flags.c_contiguous" for s in range(len(stages)))
+    body = [f"def run({', '.join(params)}):", *weights,
+            f"    if not ({contiguous}):",
             f"        return _fallback({', '.join(params)})",
             "    if not a.flags.c_contiguous:",
             "        a = _contiguous(a)",
-            f"    _kernel(_parts, _claims, a, {', '.join(f'w{s}, *a{s}' for s in range(len(stages)))})",
-            f"    return a{len(stages) - 1}[-{len(stages[-1].outputs)}:]"]
+            *new_outputs,
+            f"    _kernel({', '.join(args)})",
+            f"    return ({', '.join(outs)},)"]
     exec(compile("\n".join(body), "<ember matvec>", "exec"), ns)
     run = ns["run"]
     run.source = source
