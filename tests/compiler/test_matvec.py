@@ -210,8 +210,10 @@ def test_consecutive_layers_run_as_one_kernel_and_match_torch(rows, dtype):
 
 def test_a_layer_whose_output_is_also_returned_or_read_twice_ends_the_chain():
     x, (w1, b1, w2, b2, w3) = _three_layers(1, np.float32)
-    returned = em.jit(lambda x, w1, b1, w2, b2: (F.relu(F.linear(x, w1, b1)), F.linear(F.relu(F.linear(x, w1, b1)),
-                                                                                     w2, b2)))
+    def both(x, w1, b1, w2, b2):
+        h = F.relu(F.linear(x, w1, b1))
+        return h, F.linear(h, w2, b2)  # h is returned and read by the next product
+    returned = em.jit(both)
     h, out = returned(*map(em.tensor, (x, w1, b1, w2, b2)))
     want_h = np.maximum(x @ w1.T + b1, 0)
     np.testing.assert_allclose(h.numpy(), want_h, rtol=1e-5, atol=1e-5)

@@ -29,10 +29,11 @@ from .passes import dce
 
 #: rows of the left operand up to which a matmul is a matrix-vector product
 MAX_ROWS = 4
-#: weight sizes (K * N elements) the kernel takes. Up to PARALLEL_MIN_ELEMENTS it runs on the
-#: calling thread (a parallel launch costs more than it saves; one kernel instead of NumPy's
-#: permute, matmul and bias calls still saves ~2 us); above MAX_ELEMENTS the parts no longer
-#: fit in the cores' L2 caches and OpenBLAS's threaded GEMV is as fast
+#: weight sizes (K * N elements) the kernel takes. A chain whose weights add up to less than
+#: PARALLEL_MIN_ELEMENTS runs on the calling thread (a parallel launch costs more than it saves;
+#: one kernel instead of NumPy's permute, matmul and bias calls still saves ~2 us); above
+#: MAX_ELEMENTS the parts no longer fit in the cores' L2 caches and OpenBLAS's threaded GEMV is
+#: as fast
 MIN_ELEMENTS = 1 << 12
 PARALLEL_MIN_ELEMENTS = 1 << 17
 MAX_ELEMENTS = 1 << 20
@@ -296,7 +297,7 @@ def _chain(graph, uses, roots):
             continue
         if run:
             before = run[-1].stage
-            (out,) = before.outputs if len(before.outputs) == 1 else (None,)
+            out = before.outputs[0] if len(before.outputs) == 1 else None
             if out is None or stage.a is not out or uses.get(out.id, 0) != 1 or out.id in roots:
                 close()
         run.append(node)
