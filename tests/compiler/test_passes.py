@@ -219,6 +219,47 @@ def test_simplify_keeps_a_real_cast():
     assert op_names(graph) == ["cast", "exp", "neg"]
 
 
+_POOL = dict(kernel=(2, 2), stride=(2, 2), dilation=(1, 1), pads=(0, 0, 0, 0), out_size=(2, 3))
+
+
+def _relu_grad_through_pool(mask_of="x", other=0.0, pooled=True):
+    """where(mask_of > 0, pool_scatter(g, x), other), a ReLU's gradient through the max pool
+    of its output x, with the forward's pool_select(x, x) in the graph if ``pooled``."""
+    def make():
+        b = GraphBuilder()
+        x, g, y = b.input((2, 3, 4, 6)), b.input((2, 3, 2, 3)), b.input((2, 3, 4, 6))
+        outputs = [b.op("pool_select", x, x, **_POOL)] if pooled else []
+        scattered = b.op("pool_scatter", g, x, **_POOL)
+        mask = b.op("gt", x if mask_of == "x" else y, b.lit(0.0))
+        return b.output(b.op("where", mask, scattered, b.lit(other)), *outputs)
+    return make
+
+
+def _relu_outputs():
+    """x as a ReLU's output: zeros (windows of tied zeros among them) and positives; g, y."""
+    rng = np.random.default_rng(3)
+    x = np.maximum(rng.standard_normal((2, 3, 4, 6)), 0).astype(np.float32)
+    x[0, 0, :2, :2] = 0  # a window whose maximum is a four-way tie at zero
+    return [x, rng.standard_normal((2, 3, 2, 3)).astype(np.float32),
+            rng.standard_normal((2, 3, 4, 6)).astype(np.float32)]
+
+
+def test_simplify_masks_a_relu_gradient_before_the_pool_scatter():
+    graph = _same_results(_relu_grad_through_pool(), passes.simplify, _relu_outputs())
+    assert op_names(graph) == ["pool_select", "gt", "where", "pool_scatter"]
+    gt, where, scatter = graph.nodes[1:]
+    # the mask is tested on the pooled values, the gradient masked at the pooled size
+    assert gt.inputs[0] is graph.nodes[0].output and where.output.shape == (2, 3, 2, 3)
+    assert scatter.inputs[0] is where.output and scatter.output is graph.outputs[0]
+
+
+@pytest.mark.parametrize("case", [dict(mask_of="y"), dict(other=1.0), dict(pooled=False)])
+def test_simplify_keeps_other_masks_around_a_pool_scatter(case):
+    """A mask of another tensor, a nonzero other branch, or no pooled values to test."""
+    graph = _same_results(_relu_grad_through_pool(**case), passes.simplify, _relu_outputs())
+    assert op_names(graph)[-3:] == ["pool_scatter", "gt", "where"]
+
+
 @pytest.mark.parametrize("batch", [(), (2,)])
 def test_simplify_rewrites_transpose_of_matmul(batch):
     def make():

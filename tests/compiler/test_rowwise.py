@@ -15,7 +15,7 @@ OPS = {"softmax": (F.softmax, torch.softmax), "log_softmax": (F.log_softmax, tor
 
 def _row_nodes(f, index=0):
     return [n for n in compiled_graph(f, index).nodes
-            if hasattr(n, "describe") and n.describe().endswith((" by rows", " by columns"))]
+            if hasattr(n, "describe") and n.describe().endswith((" by rows", " by columns", " by channels"))]
 
 
 @pytest.mark.parametrize("name", list(OPS))
@@ -82,8 +82,11 @@ def test_gradients_through_the_row_kernel_match_eager():
     ((5, 7), (0,), False, "columns"),
     ((1 << 12, 257), (1,), False, "rows"),        # threaded: rows split over the cores
     ((1 << 12, 257), (0,), True, "columns"),      # threaded: partial sums added
+    ((3, 5, 7), (0, 2), False, "channels"),
+    ((4, 6, 2, 3), (0, 1, 3), True, "channels"),
+    ((64, 32, 28, 28), (0, 2, 3), False, "channels"),  # a conv bias gradient, threaded
 ])
-def test_sums_over_trailing_or_leading_axes_match_torch(dtype, shape, dims, keepdim, over):
+def test_sums_over_trailing_leading_or_all_but_one_axes_match_torch(dtype, shape, dims, keepdim, over):
     x = np.random.default_rng(1).standard_normal(shape).astype(dtype)
     f = em.jit(lambda x: x.sum(dims, keepdim=keepdim))
     got = f(em.tensor(x)).numpy()

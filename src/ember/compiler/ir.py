@@ -100,11 +100,16 @@ class Graph:
         self.values.append(v)
         return v
 
-    def add_node(self, op, inputs, attrs, shape, dtype):
+    def add_node(self, op, inputs, attrs, shape, dtype, before=None):
+        """A new node computing ``op(*inputs, **attrs)``: appended, or inserted just before
+        the node ``before`` (a pass's rewrite)."""
         out = self.new_value(shape, dtype, "node")
         node = Node(op, inputs, attrs, out)
         out.node = node
-        self.nodes.append(node)
+        if before is None:
+            self.nodes.append(node)
+        else:
+            self.nodes.insert(self.nodes.index(before), node)
         return node
 
     def roots(self):

@@ -128,13 +128,7 @@ def _transposed(graph, v, before):
     n = len(v.shape)
     dims = tuple(range(n - 2)) + (n - 1, n - 2)
     shape = v.shape[:-2] + (v.shape[-1], v.shape[-2])
-    out = graph.new_value(shape, v.dtype, "node")
-    from .ir import Node
-
-    node = Node(PRIMITIVES["permute"], [v], {"dims": dims}, out)
-    out.node = node
-    graph.nodes.insert(graph.nodes.index(before), node)
-    return out
+    return graph.add_node(PRIMITIVES["permute"], [v], {"dims": dims}, shape, v.dtype, before=before).output
 
 
 def _is_literal(v, value):
@@ -209,7 +203,7 @@ def simplify(graph):
                 if combined == tuple(range(len(combined))):
                     replacement = node.inputs[0]
         elif node.op.simplify is not None:
-            node.op.simplify(node)
+            node.op.simplify(node, graph)
         if replacement is not None:
             mapping[node.output.id] = replacement
     _replace_uses(graph, mapping)
@@ -320,12 +314,13 @@ def optimize(graph, debug=False, fuse=True):
     """Run the pass pipeline (and elementwise fusion into numba kernels when ``fuse``)."""
     pipeline = list(PIPELINE)
     if fuse:
+        from .epilogue import lower_conv_relu
         from .fusion import fuse_elementwise
         from .matvec import lower_matvec
         from .rowwise import lower_rowwise
 
-        pipeline += [("fuse", fuse_elementwise), ("matvec", lower_matvec), ("rowwise", lower_rowwise),
-                     ("dce", dce)]
+        pipeline += [("conv_relu", lower_conv_relu), ("fuse", fuse_elementwise), ("matvec", lower_matvec),
+                     ("rowwise", lower_rowwise), ("dce", dce)]
     for name, p in pipeline:
         before = len(graph.nodes)
         graph = p(graph)

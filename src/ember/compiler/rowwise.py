@@ -13,8 +13,10 @@ over another axis, or in float64, stays the primitive's NumPy forward.
 
 Sums: NumPy reduces a (2048, 128) array over its last axis in 82 us, pairwise by blocks of
 eight; a vectorized loop per row takes 14 us (layer norm's means and variances in gpt). Over
-leading axes (bias gradients) it adds rows one after another as NumPy does, 2x faster. A sum
-whose input is not C-contiguous at run time, or over other axes, is NumPy's.
+leading axes (bias gradients) it adds rows one after another as NumPy does, 2x faster. Over
+every axis but one (a convolution's bias gradient, (N, C, H, W) summed to (C,)) each image's
+channel row is summed in one vectorized loop: NumPy took 0.30 and 0.20 ms for the cnn's two. A
+sum whose input is not C-contiguous at run time, or over other axes, is NumPy's.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..ops import threads
 from .ir import KernelNode
 from .kernels import THREADED_MIN_ELEMENTS, load_kernel_module
 
-_SOURCE = '''# ember row-wise softmax kernels (format 1)
+_SOURCE = '''# ember row-wise softmax and sum kernels (format 2)
 import math
 
 import numba
@@ -96,6 +98,20 @@ def sum_columns(x, out):
     for r in range(1, x.shape[0]):
         for j in range(x.shape[1]):
             out[j] += x[r, j]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def sum_channels(x, out):
+    # x: (A, C, W) -> out: (C,), the sum over the outer and inner axes; each (a, c) row is
+    # summed in one vectorized loop, the rows added in order of a
+    for c in range(x.shape[1]):
+        out[c] = 0
+    for a in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            s = x.dtype.type(0)
+            for j in range(x.shape[2]):
+                s += x[a, c, j]
+            out[c] += s
 '''
 
 
@@ -119,55 +135,67 @@ def _make_kernel(name, shape, dtype):
     return run
 
 
-def _make_sum(node, split, over_rows):
-    """The sum ``node`` of a C-contiguous input seen as (rows, width), split after ``split``
-    dims: over each row (trailing axes) or over the rows (leading axes)."""
+def _make_sum(node, axes, sizes):
+    """The sum ``node`` of a C-contiguous input seen as ``sizes``, (outer, middle, inner),
+    over ``axes`` (see _sum_axes); "channels" is e.g. a convolution's bias gradient, the sum
+    of (N, C, H, W) over N, H and W."""
     module = load_kernel_module(_SOURCE)
-    in_shape, out_shape, dtype = node.inputs[0].shape, node.output.shape, node.output.dtype
-    rows, width = int(np.prod(in_shape[:split])), int(np.prod(in_shape[split:]))
-    size = rows * width
+    out_shape, dtype = node.output.shape, node.output.dtype
+    outer, middle, inner = sizes
+    size = outer * middle * inner
     threaded = size >= THREADED_MIN_ELEMENTS
     forward, attrs = node.op.forward, node.attrs  # the primitive's NumPy sum, for other layouts
 
     def run(x):
         if not x.flags.c_contiguous:
             return (forward(x, **attrs),)
-        x2 = x.reshape(rows, width)
-        if over_rows:
-            out = np.empty(rows, dtype)
+        if axes == "rows":
+            x2 = x.reshape(middle, inner)
+            out = np.empty(middle, dtype)
             if threaded:
-                threads.over_batch(rows, lambda lo, hi: module.sum_rows(x2[lo:hi], out[lo:hi]), size)
+                threads.over_batch(middle, lambda lo, hi: module.sum_rows(x2[lo:hi], out[lo:hi]), size)
             else:
                 module.sum_rows(x2, out)
-        elif threaded:  # each thread sums its rows; the partial sums are added in row order
+            return (out.reshape(out_shape),)
+        if axes == "columns":
+            x3, width, kernel = x.reshape(outer, middle), middle, module.sum_columns
+        else:
+            x3, width, kernel = x.reshape(outer, middle, inner), middle, module.sum_channels
+        if threaded:  # each thread sums its part of the outer axis; the parts are added in order
             def part(lo, hi):
                 partial = np.empty(width, dtype)
-                module.sum_columns(x2[lo:hi], partial)
+                kernel(x3[lo:hi], partial)
                 return partial
-            parts = threads.over_batch(rows, part, size)
+            parts = threads.over_batch(outer, part, size)
             out = parts[0]
             for p in parts[1:]:
                 out += p
         else:
             out = np.empty(width, dtype)
-            module.sum_columns(x2, out)
+            kernel(x3, out)
         return (out.reshape(out_shape),)
 
     run.source = _SOURCE
     return run
 
 
-def _sum_split(node):
-    """(split, over_rows) when ``node`` sums trailing axes (over_rows) or leading axes of a
-    float array of >= 2 dims into a non-empty result; else None."""
+def _sum_axes(node):
+    """How ``node`` sums a float array of >= 2 dims into a non-empty result, and the input
+    seen as (outer, middle, inner) sizes: "rows" for trailing axes (middle and inner summed,
+    outer 1), "columns" for leading ones (outer summed, inner 1), "channels" for all axes but
+    one, k (outer before k, middle k, inner after it); else None."""
     (x,) = node.inputs
-    nd, dims = len(x.shape), tuple(sorted(node.attrs["dims"]))
-    if x.dtype not in (np.float32, np.float64) or nd < 2 or not dims or len(dims) == nd or 0 in x.shape:
+    shape, nd, dims = x.shape, len(x.shape), tuple(sorted(node.attrs["dims"]))
+    if x.dtype not in (np.float32, np.float64) or nd < 2 or not dims or len(dims) == nd or 0 in shape:
         return None
+    size = lambda part: int(np.prod(part))  # noqa: E731
     if dims == tuple(range(nd - len(dims), nd)):
-        return nd - len(dims), True
+        return "rows", (1, size(shape[:nd - len(dims)]), size(shape[nd - len(dims):]))
     if dims == tuple(range(len(dims))):
-        return len(dims), False
+        return "columns", (size(shape[:len(dims)]), size(shape[len(dims):]), 1)
+    if len(dims) == nd - 1:
+        (k,) = set(range(nd)) - set(dims)
+        return "channels", (size(shape[:k]), shape[k], size(shape[k + 1:]))
     return None
 
 
@@ -183,9 +211,8 @@ def lower_rowwise(graph):
                 and node.inputs[0].dtype == np.float32):
             kernel = _make_kernel(name, shape, node.output.dtype)
             node = KernelNode(f"{name} by rows", node.inputs, [node.output], kernel)
-        elif name == "sum" and not hasattr(node, "outputs") and (split := _sum_split(node)) is not None:
-            kernel = _make_sum(node, *split)
-            node = KernelNode(f"sum by {'rows' if split[1] else 'columns'}", node.inputs, [node.output], kernel)
+        elif name == "sum" and not hasattr(node, "outputs") and (how := _sum_axes(node)) is not None:
+            node = KernelNode(f"sum by {how[0]}", node.inputs, [node.output], _make_sum(node, *how))
         nodes.append(node)
     graph.nodes = nodes
     return graph

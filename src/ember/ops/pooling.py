@@ -196,6 +196,48 @@ POOL_SCATTER = primitive(
     infer=_scatter_infer, saves=(1,))
 
 
+def _is_zero(v):
+    return v.kind == "literal" and v.literal.size == 1 and v.literal.reshape(()).item() == 0
+
+
+def _mask_before_scatter(node, graph):
+    """The compiler's rewrite of ``where(x > 0, pool_scatter(g, x), 0)``, a ReLU's gradient
+    (its mask is its output's sign) through the max pooling that follows it, into
+    ``pool_scatter(where(pooled > 0, g, 0), x)`` (compiler/passes.simplify). Every position
+    the scatter writes holds its window's maximum, so there ``x > 0`` is ``pooled > 0``, NaN
+    included; elsewhere both are 0. The mask is then tested on the pooled tensor, a quarter
+    of the size for 2x2 windows, and neither the full-size mask (the forward's relu writes it
+    for the backward) nor the full-size ``where`` pass runs: 2 x 0.26 ms of the cnn step."""
+    g, x = node.inputs
+    uses = [n for n in graph.nodes if any(v is node.output for v in n.inputs)]
+    if len(uses) != 1 or node.output.id in {r.id for r in graph.roots()}:
+        return
+    (masked,) = uses
+    if getattr(masked.op, "name", None) != "where" or masked.inputs[1] is not node.output \
+            or not _is_zero(masked.inputs[2]) or masked.output.dtype != node.output.dtype:
+        return
+    mask = masked.inputs[0].node
+    if mask is None or getattr(mask.op, "name", None) != "gt" or mask.inputs[0] is not x \
+            or not _is_zero(mask.inputs[1]) or masked.output.shape != x.shape:
+        return
+    before = graph.nodes[:graph.nodes.index(masked)]
+    pooled = next((n.output for n in before if getattr(n.op, "name", None) == "pool_select"
+                   and n.inputs[0] is x and n.inputs[1] is x and n.attrs == node.attrs), None)
+    if pooled is None:  # computing the pooled values here would cost what the rewrite saves
+        return
+    from .registry import PRIMITIVES
+
+    small_mask = graph.add_node(PRIMITIVES["gt"], [pooled, mask.inputs[1]], {}, pooled.shape,
+                                mask.output.dtype, before=masked).output
+    small_g = graph.add_node(PRIMITIVES["where"], [small_mask, g, masked.inputs[2]], {}, g.shape, g.dtype,
+                             before=masked).output
+    # the where node becomes the scatter; the old scatter is left without uses (dce drops it)
+    masked.op, masked.attrs, masked.inputs = node.op, node.attrs, [small_g, x]
+
+
+POOL_SCATTER.simplify = _mask_before_scatter
+
+
 def pool_select(h, x, kernel, stride, dilation, pads, out_size):
     return apply(POOL_SELECT, (h, x), dict(kernel=kernel, stride=stride, dilation=dilation, pads=pads,
                                            out_size=out_size))

@@ -77,8 +77,9 @@ class Primitive:
         self.scalar = None
         # the output dtypes (names) the compiler may fuse it for; None: every dtype
         self.scalar_dtypes = None
-        # ``simplify(node)``: a rewrite of one of its graph nodes, in place, that the compiler's
-        # simplify pass applies (e.g. lstm_sequence_grad reading a gradient without its zeros)
+        # ``simplify(node, graph)``: a rewrite of one of its graph nodes, in place, that the
+        # compiler's simplify pass applies (e.g. lstm_sequence_grad reading a gradient without its
+        # zeros); it may insert nodes into ``graph`` after ``node``'s inputs
         self.simplify = None
 
     def __repr__(self):

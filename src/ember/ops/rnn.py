@@ -326,7 +326,7 @@ def _grad_infer(g_out, out, h0, c0, w_hh, *, reverse):
     return (_grad_size(out.shape),), out.np_dtype
 
 
-def _h_gradient_only(node):
+def _h_gradient_only(node, graph):
     """The compiler's rewrite of a grad node (compiler/passes.simplify): when the output
     gradient is h's gradient written into zeros, as when the layer's only differentiated
     result is its output sequence, the node reads h's gradient alone. The zero-filled
