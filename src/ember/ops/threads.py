@@ -11,7 +11,7 @@ OpenBLAS's own threads must then stay out of the way: by default they spin for a
 after each threaded call, waiting for more work, and on two cores a spinning thread halves
 the speed of the worker it shares a core with (measured: region-parallel convolutions ran
 slower than serial ones). So on first use ember sets OpenBLAS's idle spin to ``SPIN_EXPONENT``
-(``OPENBLAS_THREAD_TIMEOUT``: 2**n cycles, about 0.7 ms) and restarts its thread pool, which
+(``OPENBLAS_THREAD_TIMEOUT``: 2**n cycles, about 0.1 ms) and restarts its thread pool, which
 OpenBLAS re-creates on its next threaded call. A timeout the user set is left as it is.
 
 This needs NumPy's BLAS to be OpenBLAS with its own (pthreads) thread pool, as in NumPy's
@@ -34,10 +34,13 @@ PARALLEL_MIN_WORK = 1 << 20
 MACS_PER_ELEMENT = 8
 #: a chunk's working set (e.g. its im2col columns): small enough to stay in one core's L2 cache
 CHUNK_BYTES = 1 << 20
-#: OpenBLAS's idle spin after a threaded call, 2**n cycles (its default is 2**28, ~0.1 s):
-#: ~0.7 ms still covers the gap between the GEMMs of an LSTM's steps (with 2**18, ~0.1 ms, each
-#: step's GEMM waited for a woken thread and the compiled lstm step ran ~10% slower)
-SPIN_EXPONENT = 21
+#: OpenBLAS's idle spin after a threaded call, 2**n cycles (its default is 2**28, ~0.1 s).
+#: A thread still spinning when one of ember's regions starts takes a core from its worker: in
+#: the compiled cnn step a 2x2 pooling gradient right after a dense layer's GEMM took 0.89 ms
+#: on two threads against 0.33 on one. 2**18 (~0.1 ms) against 2**21, alternated in one
+#: process (Zen 5): cnn step 12.0 -> 11.2 ms; lstm, gpt and mlp steps within the noise. (The
+#: LSTM's recurrence no longer needs BLAS's threads: it runs its own, compiler/native.py)
+SPIN_EXPONENT = 18
 
 _STATE: dict = {}
 _REGION = threading.Lock()  # one parallel region at a time: BLAS's thread count is process-wide
