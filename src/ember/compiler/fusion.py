@@ -76,7 +76,8 @@ def _groups(graph):
         return v.kind != "node" or position[v.id] < start
 
     for idx, node in enumerate(graph.nodes):
-        position[node.output.id] = idx
+        for v in getattr(node, "outputs", (node.output,)):  # a pass's kernel node may have several
+            position[v.id] = idx
         if not fusible(node):
             continue
         shape = node.output.shape

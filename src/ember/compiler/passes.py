@@ -314,13 +314,14 @@ def optimize(graph, debug=False, fuse=True):
     """Run the pass pipeline (and elementwise fusion into numba kernels when ``fuse``)."""
     pipeline = list(PIPELINE)
     if fuse:
-        from .epilogue import lower_conv_relu
+        from .convolution import lower_conv_relu, lower_pooled_weight_grad
         from .fusion import fuse_elementwise
         from .matvec import lower_matvec
         from .rowwise import lower_rowwise
 
-        pipeline += [("conv_relu", lower_conv_relu), ("fuse", fuse_elementwise), ("matvec", lower_matvec),
-                     ("rowwise", lower_rowwise), ("dce", dce)]
+        pipeline += [("pooled_weight_grad", lower_pooled_weight_grad), ("conv_relu", lower_conv_relu),
+                     ("fuse", fuse_elementwise), ("matvec", lower_matvec), ("rowwise", lower_rowwise),
+                     ("dce", dce)]
     for name, p in pipeline:
         before = len(graph.nodes)
         graph = p(graph)

@@ -294,7 +294,7 @@ def _columns_maker(x, kernel, stride, padding, dilation, out_size, other_dtype, 
 
 def _conv2d_np(x, w, bias=None, *, stride, padding, dilation, groups, relu=False):
     """``relu``: the ReLU that follows the convolution applied to each chunk while it is in
-    cache (compiler/epilogue.py), instead of another pass over the whole output."""
+    cache (compiler/convolution.py), instead of another pass over the whole output."""
     n = x.shape[0]
     o, cg, kh, kw = w.shape
     ho, wo = _conv_geometry(x.shape[2], x.shape[3], (kh, kw), stride, padding, dilation)

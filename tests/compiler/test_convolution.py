@@ -1,0 +1,107 @@
+"""compiler/convolution.py: a convolution and the ReLU that only it feeds run as one kernel, and
+a first layer's weight and bias gradients come straight from the pooled gradient; results equal
+torch's, and graphs the lowerings do not fit are left alone."""
+
+import numpy as np
+import pytest
+import torch
+from jit_helpers import compiled_graph
+
+import ember as em
+import ember.nn.functional as F
+
+
+def _labels(f):
+    return [getattr(n, "label", n.op.name) for n in compiled_graph(f).nodes]
+
+
+# (in channels, with bias): 1 channel takes the per-image products, 8 the batch-column ones
+@pytest.mark.parametrize("channels, with_bias", [(1, True), (8, True), (8, False)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_relu_kernel_matches_torch_forward_and_gradients(channels, with_bias, dtype):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, channels, 9, 7)).astype(dtype)
+    w = rng.standard_normal((6, channels, 3, 3)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype) if with_bias else None
+    up = rng.standard_normal((5, 6, 9, 7)).astype(dtype)
+
+    def step(x, w, *bias):
+        y = F.relu(F.conv2d(x, w, *bias, padding=1))
+        (y * em.tensor(up)).sum().backward()
+        return y
+
+    args = [em.tensor(a, requires_grad=True) for a in (x, w) + ((b,) if with_bias else ())]
+    f = em.jit(step)
+    y = f(*args)
+    assert "conv2d + relu" in _labels(f) and "conv2d" not in _labels(f)
+
+    targs = [torch.tensor(a, requires_grad=True) for a in (x, w) + ((b,) if with_bias else ())]
+    ty = torch.relu(torch.nn.functional.conv2d(targs[0], targs[1], *targs[2:], padding=1))
+    (ty * torch.tensor(up)).sum().backward()
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=tol, atol=tol)
+    for a, t in zip(args, targs):
+        np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy(), rtol=tol, atol=tol * 10)
+
+
+def test_a_convolution_used_elsewhere_keeps_its_own_node():
+    x, w = em.randn(2, 3, 6, 6), em.randn(4, 3, 3, 3)
+    f = em.jit(lambda x, w: (lambda c: (F.relu(c), c * 2))(F.conv2d(x, w, padding=1)))
+    relu, doubled = f(x, w)
+    c = torch.nn.functional.conv2d(torch.tensor(x.numpy()), torch.tensor(w.numpy()), padding=1)
+    np.testing.assert_allclose(relu.numpy(), torch.relu(c).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(doubled.numpy(), (c * 2).numpy(), rtol=1e-5, atol=1e-5)
+    assert "conv2d + relu" not in _labels(f) and "conv2d" in _labels(f)
+
+
+def _first_layer_step(channels, kernel, with_bias, input_grad, dtype):
+    """A first convolution, ReLU and 2x2 max pool under a loss: (ember arrays, torch grads)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((6, channels, 8, 10)).astype(dtype)
+    w = rng.standard_normal((5, channels, kernel, kernel)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    up = rng.standard_normal((6, 5, 4, 5)).astype(dtype)
+    pad = kernel // 2
+
+    def loss(F_conv, F_relu, F_pool, x, w, b, up):
+        y = F_pool(F_relu(F_conv(x, w, b, padding=pad) if with_bias else F_conv(x, w, padding=pad)), 2)
+        return (y * up).sum()
+
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    torch_f = torch.nn.functional
+    loss(torch_f.conv2d, torch.relu, torch_f.max_pool2d, tx, tw, tb, torch.tensor(up)).backward()
+    up = em.tensor(up)
+
+    def step(x, w, b):
+        value = loss(F.conv2d, F.relu, F.max_pool2d, x, w, b, up)
+        value.backward()
+        return value
+
+    args = (em.tensor(x, requires_grad=input_grad), em.tensor(w, requires_grad=True), em.tensor(b, requires_grad=True))
+    f = em.jit(step)
+    f(*args)
+    torch_grads = [tx.grad if input_grad else None, tw.grad, tb.grad if with_bias else None]
+    return f, args, torch_grads
+
+
+@pytest.mark.parametrize("channels, kernel", [(1, 3), (2, 5), (7, 3)])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_first_layer_weight_gradient_from_the_pooled_gradient_matches_torch(channels, kernel, with_bias, dtype):
+    f, (x, w, b), (_, tw, tb) = _first_layer_step(channels, kernel, with_bias, False, dtype)
+    label = "pool_scatter + conv2d_weight_grad" + (" + bias sum" if with_bias else "")
+    assert label in _labels(f) and "pool_scatter" not in _labels(f)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(w.grad.numpy(), tw.numpy(), rtol=tol, atol=tol * 10)
+    if with_bias:
+        np.testing.assert_allclose(b.grad.numpy(), tb.numpy(), rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("channels, input_grad", [(1, True), (8, False)])
+def test_the_full_gradient_stays_when_more_reads_it_or_the_convolution_is_wide(channels, input_grad):
+    """An input gradient reads the scattered gradient too; 8 channels x 3x3 = 72 rows take the
+    batch-column products. Both keep pool_scatter and the weight gradient's own node."""
+    f, (x, w, b), (tx, tw, tb) = _first_layer_step(channels, 3, True, input_grad, np.float32)
+    assert "pool_scatter" in _labels(f) and "conv2d_weight_grad" in _labels(f)
+    for got, want in ((w.grad, tw), (b.grad, tb)) + (((x.grad, tx),) if input_grad else ()):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-4)
