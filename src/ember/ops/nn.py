@@ -261,10 +261,14 @@ def _grouped(a, groups):
     return a.reshape(groups, c // groups, m)
 
 
-def _row_masks(h, w, kw, pw, dw):
-    """(kw, H*W) bool: True where kernel column q's input column, x + q*dw - pw, is inside the row."""
-    col = np.arange(w)
-    return np.stack([np.tile((col + shift >= 0) & (col + shift < w), h) for shift in (q * dw - pw for q in range(kw))])
+def _plane_masks(h, w, kernel, padding, dilation):
+    """(kh, kw, H*W) bool: True where kernel offset (p, q)'s input position, (y + p*dh - ph,
+    x + q*dw - pw), is inside the image."""
+    rows = np.arange(h)[:, None] + np.arange(kernel[0])[:, None, None] * dilation[0] - padding[0]  # (kh, h, 1)
+    cols = np.arange(w)[None, :] + np.arange(kernel[1])[:, None, None] * dilation[1] - padding[1]  # (kw, 1, w)
+    inside_rows = (rows >= 0) & (rows < h)
+    inside_cols = (cols >= 0) & (cols < w)
+    return (inside_rows[:, None] & inside_cols[None]).reshape(kernel[0], kernel[1], h * w)
 
 
 def _columns_maker(x, kernel, stride, padding, dilation, out_size, other_dtype, per_image):
@@ -280,14 +284,18 @@ def _columns_maker(x, kernel, stride, padding, dilation, out_size, other_dtype, 
         if per_image:
             return lambda a, b: _unfold_np(xp[a:b], kernel, dilation, (0, 0), stride)
         return lambda a, b: _batch_columns(xp[a:b], kernel, dilation, stride, out_size)
-    x = np.ascontiguousarray(x)
-    inside = _row_masks(h, w, kernel[1], padding[1], dilation[1])
+    kh, kw = kernel
     shifted_planes = numba_module(_SOURCE).shifted_planes
+    masks = {}
 
     def columns(a, b):
-        cols = np.empty((c, kernel[0], kernel[1], b - a, h * w), dtype=x.dtype)
-        shifted_planes(x[a:b], inside, kernel[0], kernel[1], padding[0], padding[1], dilation[0], dilation[1], cols)
-        return cols.reshape(c * kernel[0] * kernel[1], (b - a) * h * w)
+        keep = masks.get(b - a)
+        if keep is None:  # one per chunk size: the same few arrays for every chunk
+            keep = masks[b - a] = np.tile(_plane_masks(h, w, kernel, padding, dilation), (1, 1, b - a))
+        x_cf = np.ascontiguousarray(x[a:b].reshape(b - a, c, h * w).transpose(1, 0, 2))  # in cache: a chunk
+        cols = np.empty((c, kh, kw, (b - a) * h * w), dtype=x.dtype)
+        shifted_planes(x_cf, keep, kh, kw, padding[0], padding[1], dilation[0], dilation[1], w, cols)
+        return cols.reshape(c * kh * kw, (b - a) * h * w)
 
     return columns
 
@@ -457,63 +465,59 @@ def _conv_t_np(x, w, stride, padding, output_padding, groups, dilation):
     return out
 
 
-_SOURCE = '''# ember im2col and col2im kernels for stride-1 "same" convolutions (format 2)
+_SOURCE = '''# ember im2col and col2im kernels for stride-1 "same" convolutions (format 3)
 import numba
 
-# In flat (H*W) indexing, kernel offset (p, q)'s plane is the image shifted by one offset,
-# dy*W + dx, and inside[q] masks the positions whose column would wrap into the next or
-# previous row (a select, not a multiply: inf * 0 is NaN). The loops index views that start
+# In flat indexing over a channel's images (B*H*W), kernel offset (p, q)'s plane is the
+# images shifted by one offset, dy*W + dx, and keep[p, q] masks the positions whose shifted
+# input lies outside their own image: a row above or below, or a column wrapped into the
+# next or previous row (a select, not a multiply: inf * 0 is NaN). The loops index views that start
 # at the shifted position: an index such as o[k + off] may be negative to numba, which then
 # wraps it at run time and LLVM no longer vectorizes the loop (6-10x slower).
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _shifted_range(p, q, h, w, ph, pw, dh, dw):
-    # flat offset of plane (p, q) and the range [k0, k1) of output positions it reads inside
-    dy = p * dh - ph
-    off = dy * w + q * dw - pw
-    return off, max(max(0, -dy) * w, -off), min(min(h, h - dy) * w, h * w - off)
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def shifted_planes(x, inside, kh, kw, ph, pw, dh, dw, cols):
-    # im2col: cols[c, p, q, b] (H*W) = image x[b, c] shifted by plane (p, q)'s offset, zero
-    # outside; x: contiguous (B, C, H, W); cols: contiguous (C, kh, kw, B, H*W)
-    n_b, n_c, h, w = x.shape
-    hw = h * w
+def shifted_planes(x_cf, keep, kh, kw, ph, pw, dh, dw, w, cols):
+    # im2col: cols[c, p, q] (B*H*W) = the B images of channel c, shifted by plane (p, q)'s
+    # offset, zero outside; x_cf: contiguous (C, B, H*W), the images channels-first, so that
+    # one channel's images are consecutive and each plane is one loop over all of them (per
+    # image, the cnn conv2's 14x14 planes spent most of their time starting 196-element
+    # loops: 4x slower); keep: (kh, kw, B*H*W), True where the shifted position is inside its
+    # own image (row and column); cols: contiguous (C, kh, kw, B*H*W)
+    n_c, n_b, hw = x_cf.shape
+    n = n_b * hw
     zero = cols.dtype.type(0)
     for c in range(n_c):
+        src_all = x_cf[c].reshape(n)
         for p in range(kh):
             for q in range(kw):
-                off, k0, k1 = _shifted_range(p, q, h, w, ph, pw, dh, dw)
-                keep = inside[q, k0:k1]
-                for b in range(n_b):
-                    src, dst = x[b, c].reshape(hw)[k0 + off:k1 + off], cols[c, p, q, b]
-                    dst[:k0] = zero
-                    dst[k1:] = zero
-                    inner = dst[k0:k1]
-                    for k in range(k1 - k0):
-                        inner[k] = src[k] if keep[k] else zero
+                off = (p * dh - ph) * w + q * dw - pw
+                lo, hi = max(0, -off), min(n, n - off)
+                dst = cols[c, p, q]
+                dst[:lo] = zero
+                dst[hi:] = zero
+                src, k, d = src_all[lo + off:hi + off], keep[p, q, lo:hi], dst[lo:hi]
+                for j in range(hi - lo):
+                    d[j] = src[j] if k[j] else zero
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def add_shifted_planes(cols, inside, ph, pw, dh, dw, out):
-    # col2im, shifted_planes' adjoint: out[b, c] = sum over (p, q) of plane cols[c, p, q, b]
-    # shifted back; out: contiguous (B, C, H, W)
-    n_c, kh, kw, n_b, hw = cols.shape
-    w = out.shape[3]
-    h = hw // w
-    zero = out.dtype.type(0)
-    for b in range(n_b):
-        for c in range(n_c):
-            o = out[b, c].reshape(hw)
-            o[:] = zero
-            for p in range(kh):
-                for q in range(kw):
-                    off, k0, k1 = _shifted_range(p, q, h, w, ph, pw, dh, dw)
-                    src, keep, dst = cols[c, p, q, b, k0:k1], inside[q, k0:k1], o[k0 + off:k1 + off]
-                    for k in range(k1 - k0):
-                        dst[k] += src[k] if keep[k] else zero
+def add_shifted_planes(cols, keep, ph, pw, dh, dw, w, out_cf):
+    # col2im, shifted_planes' adjoint: out_cf[c] (B*H*W) = the sum over (p, q) of plane
+    # cols[c, p, q] shifted back, where keep holds; cols: contiguous (C, kh, kw, B*H*W);
+    # out_cf: contiguous (C, B*H*W), channels-first like shifted_planes' input
+    n_c, kh, kw, n = cols.shape
+    zero = out_cf.dtype.type(0)
+    for c in range(n_c):
+        o = out_cf[c]
+        o[:] = zero
+        for p in range(kh):
+            for q in range(kw):
+                off = (p * dh - ph) * w + q * dw - pw
+                lo, hi = max(0, -off), min(n, n - off)
+                src, k, dst = cols[c, p, q, lo:hi], keep[p, q, lo:hi], o[lo + off:hi + off]
+                for j in range(hi - lo):
+                    dst[j] += src[j] if k[j] else zero
 '''
 
 
@@ -527,15 +531,21 @@ def _conv_t_same_size(x, w, padding, groups, dilation):
     _, cog, kh, kw = w.shape
     cout = groups * cog
     w_t = w.reshape(groups, cin // groups, cog * kh * kw).transpose(0, 2, 1)
-    inside = _row_masks(h, wd, kw, padding[1], dilation[1])
+    plane_masks = _plane_masks(h, wd, (kh, kw), padding, dilation)
     add_shifted_planes = numba_module(_SOURCE).add_shifted_planes
     out = np.empty((n, cout, h, wd), dtype=x.dtype)
+    masks = {}
 
     def part(lo, hi):
         for a, b in threads.chunks(lo, hi, threads.chunk_size(cout * kh * kw * h * wd * x.itemsize)):
+            keep = masks.get(b - a)
+            if keep is None:
+                keep = masks[b - a] = np.tile(plane_masks, (1, 1, b - a))
             cols = np.matmul(w_t, _grouped(_channels_first(x[a:b]), groups))  # (groups, Cout/groups*kk, B*H*W)
-            add_shifted_planes(cols.reshape(cout, kh, kw, b - a, h * wd), inside, padding[0], padding[1],
-                               dilation[0], dilation[1], out[a:b])
+            out_cf = np.empty((cout, (b - a) * h * wd), dtype=x.dtype)
+            add_shifted_planes(cols.reshape(cout, kh, kw, (b - a) * h * wd), keep, padding[0], padding[1],
+                               dilation[0], dilation[1], wd, out_cf)
+            out[a:b] = out_cf.reshape(cout, b - a, h, wd).transpose(1, 0, 2, 3)  # in cache: a chunk
 
     threads.over_batch(n, part, n * cin * cog * kh * kw * h * wd // threads.MACS_PER_ELEMENT)
     return out
