@@ -69,7 +69,8 @@ def _first_layer_step(channels, kernel, with_bias, input_grad, dtype):
 
     tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
     torch_f = torch.nn.functional
-    loss(torch_f.conv2d, torch.relu, torch_f.max_pool2d, tx, tw, tb, torch.tensor(up)).backward()
+    torch_loss = loss(torch_f.conv2d, torch.relu, torch_f.max_pool2d, tx, tw, tb, torch.tensor(up))
+    torch_loss.backward()
     up = em.tensor(up)
 
     def step(x, w, b):
@@ -79,7 +80,10 @@ def _first_layer_step(channels, kernel, with_bias, input_grad, dtype):
 
     args = (em.tensor(x, requires_grad=input_grad), em.tensor(w, requires_grad=True), em.tensor(b, requires_grad=True))
     f = em.jit(step)
-    f(*args)
+    value = f(*args)
+    # the forward's convolution, ReLU and pool are one kernel (the pool done per chunk in cache)
+    assert "conv2d + relu + max_pool" in _labels(f) and "pool_select" not in _labels(f)
+    np.testing.assert_allclose(value.item(), torch_loss.item(), rtol=1e-5 if dtype == np.float32 else 1e-12)
     torch_grads = [tx.grad if input_grad else None, tw.grad, tb.grad if with_bias else None]
     return f, args, torch_grads
 

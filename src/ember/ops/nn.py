@@ -300,9 +300,10 @@ def _columns_maker(x, kernel, stride, padding, dilation, out_size, other_dtype, 
     return columns
 
 
-def _conv2d_np(x, w, bias=None, *, stride, padding, dilation, groups, relu=False):
-    """``relu``: the ReLU that follows the convolution applied to each chunk while it is in
-    cache (compiler/convolution.py), instead of another pass over the whole output."""
+def _conv2d_np(x, w, bias=None, *, stride, padding, dilation, groups, relu=False, after_chunk=None):
+    """For the compiler's lowerings (compiler/convolution.py), work done on each chunk of
+    images while its output is in cache, instead of another pass over the whole output:
+    ``relu`` applies the ReLU that follows, then ``after_chunk(out, a, b)`` runs (a max pool)."""
     n = x.shape[0]
     o, cg, kh, kw = w.shape
     ho, wo = _conv_geometry(x.shape[2], x.shape[3], (kh, kw), stride, padding, dilation)
@@ -314,23 +315,22 @@ def _conv2d_np(x, w, bias=None, *, stride, padding, dilation, groups, relu=False
 
     def part(lo, hi):
         for a, b in threads.chunks(lo, hi, threads.chunk_size(rows * ho * wo * x.itemsize)):
+            cols = columns(a, b)
             if per_image:
-                cols = columns(a, b)
                 np.matmul(w_mat, cols.reshape(b - a, groups, cg * kh * kw, ho * wo),
                           out=out[a:b].reshape(b - a, groups, o // groups, ho * wo))
                 if bias is not None:
                     out[a:b] += bias.reshape(o, 1, 1)
-                if relu:
-                    np.maximum(out[a:b], 0, out=out[a:b])
-                continue
-            cols = columns(a, b)
-            res = np.matmul(w_mat, _grouped(cols, groups)).reshape(o, b - a, ho, wo)  # (O, B, Ho, Wo)
-            if bias is None:
-                out[a:b] = res.transpose(1, 0, 2, 3)
-            else:  # added while the chunk is in cache, instead of another pass over the output
-                np.add(res.transpose(1, 0, 2, 3), bias.reshape(o, 1, 1), out=out[a:b])
+            else:
+                res = np.matmul(w_mat, _grouped(cols, groups)).reshape(o, b - a, ho, wo)  # (O, B, Ho, Wo)
+                if bias is None:
+                    out[a:b] = res.transpose(1, 0, 2, 3)
+                else:  # added while the chunk is in cache, instead of another pass over the output
+                    np.add(res.transpose(1, 0, 2, 3), bias.reshape(o, 1, 1), out=out[a:b])
             if relu:
                 np.maximum(out[a:b], 0, out=out[a:b])
+            if after_chunk is not None:
+                after_chunk(out, a, b)
 
     threads.over_batch(n, part, n * o * rows * ho * wo // groups // threads.MACS_PER_ELEMENT)
     return out

@@ -96,7 +96,6 @@ _WINNERS: dict = {}  # (id(x), geometry) -> (weakref to x, winner offsets): forw
 
 def _winner(x, kernel, stride, dilation, pads, out_size):
     """(max values, index of the winning kernel offset) per window."""
-    key = (id(x), kernel, stride, dilation, pads, out_size)
     xp = _padded(x, pads, -np.inf)
     best = np.empty(x.shape[:2] + tuple(out_size), dtype=x.dtype)
     idx = np.zeros(best.shape, dtype=np.int16)
@@ -126,11 +125,23 @@ def _winner(x, kernel, stride, dilation, pads, out_size):
             k_idx -= (k_idx - np.int16(k)) * upd
 
     threads.over_batch(x.shape[0], part, 4 * best.size * kernel[0] * kernel[1])  # ~4 passes per offset
+    remember_winners(x, (kernel, stride, dilation, pads, out_size), idx)
+    return best, idx
+
+
+def remember_winners(x, geometry, idx):
+    """Record ``idx``, the winner offsets of max pooling ``x`` with ``geometry`` (kernel,
+    stride, dilation, pads, out_size), as _winner does: for a kernel that pools as it computes
+    ``x`` (compiler/convolution.py); pool_scatter(g, x) then reads them."""
     if len(_WINNERS) > 32:
         for stale in [k for k, (ref, _) in _WINNERS.items() if ref() is None]:
             del _WINNERS[stale]
-    _WINNERS[key] = (weakref.ref(x), idx)
-    return best, idx
+    _WINNERS[(id(x), *geometry)] = (weakref.ref(x), idx)
+
+
+def select_2x2(x, best, idx):
+    """The 2x2, stride-2 tiling max pool of x (N, C, 2Ho, 2Wo) into best and idx (N, C, Ho, Wo)."""
+    numba_module(_SOURCE).select_2x2(x, best, idx)
 
 
 def _winner_index(x, *geometry):
