@@ -318,8 +318,10 @@ def optimize(graph, debug=False, fuse=True):
         from .fusion import fuse_elementwise
         from .matvec import lower_matvec
         from .rowwise import lower_rowwise
+        from .tables import lower_table_products
 
-        pipeline += [("pooled_weight_grad", lower_pooled_weight_grad), ("conv_relu", lower_conv_relu),
+        pipeline += [("tables", lower_table_products), ("cse", cse), ("dce", dce),
+                     ("pooled_weight_grad", lower_pooled_weight_grad), ("conv_relu", lower_conv_relu),
                      ("fuse", fuse_elementwise), ("matvec", lower_matvec), ("rowwise", lower_rowwise),
                      ("dce", dce)]
     for name, p in pipeline:
