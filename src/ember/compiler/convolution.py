@@ -101,8 +101,6 @@ def _kernel_source(kh, kw):
     return _TEMPLATE.format(kh=kh, kw=kw, views=views, inits=inits, updates=updates, stores=stores)
 
 
-
-
 def lower_conv_relu(graph):
     """Replace each conv2d whose only use is a relu, and that relu, by one kernel node; a 2x2
     max pool of the relu's output (pool_select(y, y)) joins it, pooling each chunk in cache."""

@@ -158,12 +158,12 @@ def _make_sum(node, axes, sizes):
                 module.sum_rows(x2, out)
             return (out.reshape(out_shape),)
         if axes == "columns":
-            x3, width, kernel = x.reshape(outer, middle), middle, module.sum_columns
+            x3, kernel = x.reshape(outer, middle), module.sum_columns
         else:
-            x3, width, kernel = x.reshape(outer, middle, inner), middle, module.sum_channels
+            x3, kernel = x.reshape(outer, middle, inner), module.sum_channels
         if threaded:  # each thread sums its part of the outer axis; the parts are added in order
             def part(lo, hi):
-                partial = np.empty(width, dtype)
+                partial = np.empty(middle, dtype)
                 kernel(x3[lo:hi], partial)
                 return partial
             parts = threads.over_batch(outer, part, size)
@@ -171,7 +171,7 @@ def _make_sum(node, axes, sizes):
             for p in parts[1:]:
                 out += p
         else:
-            out = np.empty(width, dtype)
+            out = np.empty(middle, dtype)
             kernel(x3, out)
         return (out.reshape(out_shape),)
 

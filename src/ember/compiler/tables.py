@@ -22,6 +22,7 @@ import numpy as np
 
 from ..ops.indexing import IndexArg
 from ..ops.registry import PRIMITIVES
+from .passes import _transposed
 
 _ROWS = (IndexArg(0),)
 
@@ -104,10 +105,6 @@ def _scatter_rows(graph, rows, idx, table_rows, before):
                           before=before).output
 
 
-def _transpose(graph, v, before):
-    return graph.add_node(PRIMITIVES["permute"], [v], {"dims": (1, 0)}, v.shape[::-1], v.dtype, before=before).output
-
-
 def _unflattened(rows, gather):
     """(rows, gather) before a flattening both share: a reshape of (..., K) rows to (R, K) and
     the gather's last step reshaping its index to (R,), so that every weight and table
@@ -154,8 +151,8 @@ def lower_table_products(graph):
                     continue
                 rows, g = _unflattened(rows, g)
                 summed = _scatter_rows(graph, rows, g.index(graph, node), g.table.shape[0], node)
-                node.inputs = ([_transpose(graph, g.table, node), summed] if table_first
-                               else [_transpose(graph, summed, node), g.table])
+                node.inputs = ([_transposed(graph, g.table, node), summed] if table_first
+                               else [_transposed(graph, summed, node), g.table])
                 break
         elif name == "index_put" and node.attrs["accumulate"] and _is_row_template(node.attrs["template"]) \
                 and len(node.inputs) == 2 and len(node.attrs["shape"]) == 2:

@@ -271,6 +271,21 @@ def _plane_masks(h, w, kernel, padding, dilation):
     return (inside_rows[:, None] & inside_cols[None]).reshape(kernel[0], kernel[1], h * w)
 
 
+def _chunk_masks(h, w, kernel, padding, dilation):
+    """``keep(b)``: _plane_masks tiled for a chunk of b images, (kh, kw, b*H*W), the kernels'
+    mask over a chunk's concatenated images; made once per chunk size (a region has few)."""
+    plane = _plane_masks(h, w, kernel, padding, dilation)
+    tiled = {}
+
+    def keep(b):
+        mask = tiled.get(b)
+        if mask is None:
+            mask = tiled[b] = np.tile(plane, (1, 1, b))
+        return mask
+
+    return keep
+
+
 def _columns_maker(x, kernel, stride, padding, dilation, out_size, other_dtype, per_image):
     """``columns(a, b)``: the im2col of images a:b, (C*kh*kw, B*Ho*Wo), or per image
     (B, C*kh*kw, Ho*Wo) if ``per_image``. A stride-1 convolution whose output is the input's
@@ -286,12 +301,10 @@ def _columns_maker(x, kernel, stride, padding, dilation, out_size, other_dtype, 
         return lambda a, b: _batch_columns(xp[a:b], kernel, dilation, stride, out_size)
     kh, kw = kernel
     shifted_planes = numba_module(_SOURCE).shifted_planes
-    masks = {}
+    keep_for = _chunk_masks(h, w, kernel, padding, dilation)
 
     def columns(a, b):
-        keep = masks.get(b - a)
-        if keep is None:  # one per chunk size: the same few arrays for every chunk
-            keep = masks[b - a] = np.tile(_plane_masks(h, w, kernel, padding, dilation), (1, 1, b - a))
+        keep = keep_for(b - a)
         x_cf = np.ascontiguousarray(x[a:b].reshape(b - a, c, h * w).transpose(1, 0, 2))  # in cache: a chunk
         cols = np.empty((c, kh, kw, (b - a) * h * w), dtype=x.dtype)
         shifted_planes(x_cf, keep, kh, kw, padding[0], padding[1], dilation[0], dilation[1], w, cols)
@@ -531,16 +544,13 @@ def _conv_t_same_size(x, w, padding, groups, dilation):
     _, cog, kh, kw = w.shape
     cout = groups * cog
     w_t = w.reshape(groups, cin // groups, cog * kh * kw).transpose(0, 2, 1)
-    plane_masks = _plane_masks(h, wd, (kh, kw), padding, dilation)
+    keep_for = _chunk_masks(h, wd, (kh, kw), padding, dilation)
     add_shifted_planes = numba_module(_SOURCE).add_shifted_planes
     out = np.empty((n, cout, h, wd), dtype=x.dtype)
-    masks = {}
 
     def part(lo, hi):
         for a, b in threads.chunks(lo, hi, threads.chunk_size(cout * kh * kw * h * wd * x.itemsize)):
-            keep = masks.get(b - a)
-            if keep is None:
-                keep = masks[b - a] = np.tile(plane_masks, (1, 1, b - a))
+            keep = keep_for(b - a)
             cols = np.matmul(w_t, _grouped(_channels_first(x[a:b]), groups))  # (groups, Cout/groups*kk, B*H*W)
             out_cf = np.empty((cout, (b - a) * h * wd), dtype=x.dtype)
             add_shifted_planes(cols.reshape(cout, kh, kw, (b - a) * h * wd), keep, padding[0], padding[1],
