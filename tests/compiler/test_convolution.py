@@ -1,5 +1,6 @@
-"""compiler/convolution.py: a convolution and the ReLU that only it feeds run as one kernel, and
-a first layer's weight and bias gradients come straight from the pooled gradient; results equal
+"""compiler/convolution.py: a convolution and the ReLU that only it feeds run as one kernel (with
+a 2x2 max pool, returning the pool's winners when nothing else reads the ReLU's output), and a
+first layer's weight and bias gradients come straight from the pooled gradient; results equal
 torch's, and graphs the lowerings do not fit are left alone."""
 
 import numpy as np
@@ -81,8 +82,9 @@ def _first_layer_step(channels, kernel, with_bias, input_grad, dtype):
     args = (em.tensor(x, requires_grad=input_grad), em.tensor(w, requires_grad=True), em.tensor(b, requires_grad=True))
     f = em.jit(step)
     value = f(*args)
-    # the forward's convolution, ReLU and pool are one kernel (the pool done per chunk in cache)
-    assert "conv2d + relu + max_pool" in _labels(f) and "pool_select" not in _labels(f)
+    # the forward's convolution, ReLU and pool are one kernel (the pool done per chunk in cache);
+    # the ReLU's output is read only for the pool's winners, so the kernel returns those instead
+    assert "conv2d + relu + max_pool (winners)" in _labels(f) and "pool_select" not in _labels(f)
     np.testing.assert_allclose(value.item(), torch_loss.item(), rtol=1e-5 if dtype == np.float32 else 1e-12)
     torch_grads = [tx.grad if input_grad else None, tw.grad, tb.grad if with_bias else None]
     return f, args, torch_grads
@@ -106,6 +108,100 @@ def test_the_full_gradient_stays_when_more_reads_it_or_the_convolution_is_wide(c
     """An input gradient reads the scattered gradient too; 8 channels x 3x3 = 72 rows take the
     batch-column products. Both keep pool_scatter and the weight gradient's own node."""
     f, (x, w, b), (tx, tw, tb) = _first_layer_step(channels, 3, True, input_grad, np.float32)
-    assert "pool_scatter" in _labels(f) and "conv2d_weight_grad" in _labels(f)
+    assert "pool_scatter (winners)" in _labels(f) and "conv2d_weight_grad" in _labels(f)
     for got, want in ((w.grad, tw), (b.grad, tb)) + (((x.grad, tx),) if input_grad else ()):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-4)
+
+
+def _conv_pool_case(groups, padding, with_bias, dtype, seed=7):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((5, 4, 8, 10)).astype(dtype)
+    w = rng.standard_normal((6, 4 // groups, 3, 3)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype) if with_bias else None
+    return x, w, b
+
+
+# padding 1 is the "same" im2col kernel, padding 0 NumPy's strided windows; 2 groups
+@pytest.mark.parametrize("groups, padding", [(1, 1), (2, 1), (1, 0)])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_winners_kernel_matches_torch_forward_and_gradients(groups, padding, with_bias, dtype):
+    """conv -> relu -> 2x2 max pool -> conv: the pool's gradient is scattered from the winners
+    the forward kernel returned, and every gradient (input, weights, biases) equals torch's."""
+    x, w, b = _conv_pool_case(groups, padding, with_bias, dtype)
+    rng = np.random.default_rng(8)
+    w2 = rng.standard_normal((3, 6, 3, 3)).astype(dtype)
+
+    def forward(f_conv, f_relu, f_pool, x, w, w2, *bias):
+        return f_conv(f_pool(f_relu(f_conv(x, w, *bias, padding=padding, groups=groups)), 2), w2, padding=1)
+
+    def step(x, w, w2, *bias):
+        y = forward(F.conv2d, F.relu, F.max_pool2d, x, w, w2, *bias)
+        (y * y).sum().backward()
+        return y
+
+    arrays = (x, w, w2) + ((b,) if with_bias else ())
+    args = [em.tensor(a, requires_grad=True) for a in arrays]
+    f = em.jit(step)
+    y = f(*args)
+    labels = _labels(f)
+    assert "conv2d + relu + max_pool (winners)" in labels and "pool_scatter (winners)" in labels
+    assert "pool_select" not in labels and "pool_scatter" not in labels
+
+    targs = [torch.tensor(a, requires_grad=True) for a in arrays]
+    ty = forward(torch.nn.functional.conv2d, torch.relu, torch.nn.functional.max_pool2d, *targs)
+    (ty * ty).sum().backward()
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=tol, atol=tol * 10)
+    for a, t in zip(args, targs):
+        np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy(), rtol=tol * 10, atol=tol * 100)
+
+
+def test_winners_kernel_serves_an_inference_graph():
+    """Under no_grad nothing reads the winners; the pooled output still equals torch's."""
+    x, w, b = _conv_pool_case(1, 1, True, np.float32)
+    f = em.jit(lambda x, w, b: F.max_pool2d(F.relu(F.conv2d(x, w, b, padding=1)), 2))
+    with em.no_grad():
+        y = f(em.tensor(x), em.tensor(w), em.tensor(b))
+    assert "conv2d + relu + max_pool (winners)" in _labels(f)
+    t = torch.nn.functional
+    want = t.max_pool2d(torch.relu(t.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), padding=1)), 2)
+    np.testing.assert_allclose(y.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_relu_output_read_elsewhere_is_still_written():
+    """The ReLU's output is also returned: the kernel writes it (and records the winners)."""
+    x, w, b = _conv_pool_case(1, 1, True, np.float32)
+
+    def step(x, w, b):
+        y = F.relu(F.conv2d(x, w, b, padding=1))
+        p = F.max_pool2d(y, 2)
+        (p * p).sum().backward()
+        return y, p
+
+    args = [em.tensor(a, requires_grad=True) for a in (x, w, b)]
+    f = em.jit(step)
+    y, p = f(*args)
+    labels = _labels(f)
+    assert "conv2d + relu + max_pool" in labels and "conv2d + relu + max_pool (winners)" not in labels
+    targs = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
+    ty = torch.relu(torch.nn.functional.conv2d(*targs, padding=1))
+    tp = torch.nn.functional.max_pool2d(ty, 2)
+    (tp * tp).sum().backward()
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(p.numpy(), tp.detach().numpy(), rtol=1e-5, atol=1e-5)
+    for a, t in zip(args, targs):
+        np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_winners_kernel_keeps_nan_as_the_eager_pool_does():
+    """A NaN in a window takes it (the last NaN), as ops/pooling.py's select_2x2 and torch."""
+    x, w, b = _conv_pool_case(1, 1, True, np.float32)
+    x[1, :, 2, 3] = np.nan
+    f = em.jit(lambda x, w, b: F.max_pool2d(F.relu(F.conv2d(x, w, b, padding=1)), 2))
+    with em.no_grad():
+        got = f(em.tensor(x), em.tensor(w), em.tensor(b)).numpy()
+        eager = F.max_pool2d(F.relu(F.conv2d(em.tensor(x), em.tensor(w), em.tensor(b), padding=1)), 2).numpy()
+    assert np.isnan(got).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(eager))
+    np.testing.assert_allclose(got[~np.isnan(got)], eager[~np.isnan(eager)], rtol=1e-5, atol=1e-5)

@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops import threads
-from ..ops.nn import PER_IMAGE_MAX_ROWS, _conv2d_np
-from ..ops.pooling import _tiles_2x2, _winner_index, remember_winners, select_2x2
+from ..ops.nn import PER_IMAGE_MAX_ROWS, _columns_maker, _conv2d_np, _grouped
+from ..ops.pooling import _tiles_2x2, _winner_index, remember_winners, scatter_winners_2x2, select_2x2
 from .ir import KernelNode
 from .kernels import load_kernel_module
 from .passes import _uses
@@ -101,35 +101,129 @@ def _kernel_source(kh, kw):
     return _TEMPLATE.format(kh=kh, kw=kw, views=views, inits=inits, updates=updates, stores=stores)
 
 
+_POOL_SOURCE = """# ember bias + ReLU + 2x2 max pool of a channels-first convolution chunk (format 1)
+import numba
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def relu_pool_2x2(res, bias, best, idx):
+    # res: (O, B, H, W), a chunk's GEMM result before its bias (the batch-column layout);
+    # bias: (O,); best, idx: (B, O, H/2, W/2), NCHW. The ReLU is taken per position as
+    # ops/pooling.py's select_2x2 would see it after np.maximum(y, 0) (NaN kept), so the
+    # winners are the same: the first maximum, or the last NaN
+    o, b, h, w = res.shape
+    zero = res.dtype.type(0)
+    for ch in range(o):
+        bc = bias[ch]
+        for a in range(b):
+            for i in range(h // 2):
+                r0, r1 = res[ch, a, 2 * i], res[ch, a, 2 * i + 1]
+                b_row, i_row = best[a, ch, i], idx[a, ch, i]
+                for j in range(w // 2):
+                    m = r0[2 * j] + bc
+                    m = zero if m < zero else m
+                    v = r0[2 * j + 1] + bc
+                    v = zero if v < zero else v
+                    t1 = (v > m) | (v != v)
+                    m = v if t1 else m
+                    v = r1[2 * j] + bc
+                    v = zero if v < zero else v
+                    t2 = (v > m) | (v != v)
+                    m = v if t2 else m
+                    v = r1[2 * j + 1] + bc
+                    v = zero if v < zero else v
+                    t3 = (v > m) | (v != v)
+                    b_row[j] = v if t3 else m
+                    i_row[j] = 3 if t3 else (2 if t2 else (1 if t1 else 0))
+"""
+
+#: images per chunk of the pooled kernel: its GEMM result, which the pool reads back, in about
+#: this many bytes. Standalone on two cores the cnn's conv2 (64 channels out, 14x14) ran 8
+#: images per chunk 1.1x as fast as 4, and conv1 (32 channels, 28x28) 4 images 1.1x as fast as 8
+POOLED_CHUNK_BYTES = 1 << 19
+
+
 def lower_conv_relu(graph):
     """Replace each conv2d whose only use is a relu, and that relu, by one kernel node; a 2x2
-    max pool of the relu's output (pool_select(y, y)) joins it, pooling each chunk in cache."""
+    max pool of the relu's output (pool_select(y, y)) joins it, pooling each chunk in cache.
+    When the relu's output is read only for the pool's winners (by pool_scatter, or by the
+    pooled weight gradient's kernel), it is never written: the kernel returns the winners
+    instead and those readers take them (``_winner_readers``)."""
     uses = _uses(graph)  # a root counts as two uses
+    readers = _readers(graph)
     convs = {n.output.id: n for n in graph.nodes if getattr(n.op, "name", None) == "conv2d"}
     pools = {}
     for n in graph.nodes:
         if getattr(n.op, "name", None) == "pool_select" and n.inputs[0] is n.inputs[1] \
                 and _tiles_2x2(n.inputs[0], *_geometry(n)):
             pools.setdefault(n.inputs[0].id, n)
-    fused, dropped = {}, set()
+    fused, dropped, rewired = {}, set(), {}
     for node in graph.nodes:
         if getattr(node.op, "name", None) != "relu" or hasattr(node, "outputs"):
             continue
         conv = convs.get(node.inputs[0].id)
         if conv is None or uses.get(conv.output.id) != 1 or conv.output.dtype != node.output.dtype:
             continue
-        pool = pools.get(node.output.id)
-        run = _conv_relu_pool(conv.attrs, None if pool is None else _geometry(pool))
-        outputs = [node.output] + ([] if pool is None else [pool.output])
-        fused[node.output.id] = KernelNode("conv2d + relu" + ("" if pool is None else " + max_pool"), conv.inputs,
-                                           outputs, run)
+        y = node.output
+        pool = pools.get(y.id)
+        others = None if pool is None else _winner_readers(y, pool, readers.get(y.id, []), uses)
+        if others is not None:
+            winners = graph.new_value(pool.output.shape, np.int16, "node")
+            kernel = KernelNode("conv2d + relu + max_pool (winners)", conv.inputs, [winners, pool.output],
+                                _conv_relu_pool_winners(conv.attrs, tuple(y.shape[2:])))
+            winners.node = kernel
+            fused[y.id] = kernel
+            for reader in others:
+                rewired[id(reader)] = _reading_winners(reader, winners)
+        else:
+            run = _conv_relu_pool(conv.attrs, None if pool is None else _geometry(pool))
+            outputs = [y] + ([] if pool is None else [pool.output])
+            fused[y.id] = KernelNode("conv2d + relu" + ("" if pool is None else " + max_pool"), conv.inputs,
+                                     outputs, run)
         dropped.add(conv.output.id)
         if pool is not None:
             dropped.add(pool.output.id)
     if fused:
-        graph.nodes = [fused.get(n.output.id, n) for n in graph.nodes
+        graph.nodes = [rewired.get(id(n), fused.get(n.output.id, n)) for n in graph.nodes
                        if hasattr(n, "outputs") or n.output.id not in dropped]
     return graph
+
+
+def _readers(graph):
+    found = {}
+    for node in graph.nodes:
+        for v in node.inputs:
+            found.setdefault(v.id, []).append(node)
+    return found
+
+
+def _winner_readers(y, pool, nodes, uses):
+    """The nodes other than ``pool`` that read ``y``, if each reads it only for the winners of
+    ``pool`` (pool_scatter(g, y) of the same window, or a pooled weight gradient's kernel) and
+    ``y`` is no root; else None."""
+    if uses.get(y.id, 0) != len(nodes):  # nodes: one entry per input read (a root counts two more)
+        return None
+    others = list({id(n): n for n in nodes if n is not pool}.values())
+    for n in others:
+        if n.inputs.count(y) != 1 or n.inputs[1] is not y:
+            return None
+        if hasattr(n, "outputs"):
+            if getattr(n.kernel, "from_winners", None) is None:
+                return None
+        elif (getattr(n.op, "name", None) != "pool_scatter" or _geometry(n) != _geometry(pool)
+              or n.inputs[0].dtype != y.dtype):
+            return None
+    return others
+
+
+def _reading_winners(node, winners):
+    """``node`` (pool_scatter(g, y) or a pooled weight gradient's kernel) reading the winners."""
+    if hasattr(node, "outputs"):
+        inputs = list(node.inputs)
+        inputs[1] = winners
+        return KernelNode(node.label, inputs, node.outputs, node.kernel.from_winners)
+    return KernelNode("pool_scatter (winners)", [node.inputs[0], winners], [node.output],
+                      lambda g, idx: (scatter_winners_2x2(g, idx),))
 
 
 def _geometry(pool_node):
@@ -153,6 +247,39 @@ def _conv_relu_pool(attrs, geometry):
         out = _conv2d_np(*arrays, **attrs, relu=True, after_chunk=pool)
         remember_winners(out, geometry, idx)
         return out, pooled
+
+    return run
+
+
+def _conv_relu_pool_winners(attrs, out_size):
+    """The kernel: conv2d + bias + relu + 2x2 max pool -> (winners, pooled), (N, O, Ho/2, Wo/2)
+    each. Every chunk's GEMM result stays channels-first, (O, B, Ho, Wo), in cache: one numba
+    loop adds the bias, takes the ReLU and pools it into the NCHW outputs, so the full-size
+    output is neither transposed nor written (in the cnn: 1.32 -> 0.46 ms for conv1, 2.3 ->
+    1.6 ms for conv2, standalone on two cores)."""
+    stride, padding, dilation, groups = (attrs[k] for k in ("stride", "padding", "dilation", "groups"))
+    relu_pool = load_kernel_module(_POOL_SOURCE).relu_pool_2x2
+    ho, wo = out_size
+
+    def run(x, w, bias=None):
+        n = x.shape[0]
+        o, cg, kh, kw = w.shape
+        dtype = np.result_type(x.dtype, w.dtype)
+        shape = (n, o, ho // 2, wo // 2)
+        pooled, idx = np.empty(shape, dtype), np.empty(shape, np.int16)
+        w_mat = w.reshape(groups, o // groups, cg * kh * kw).astype(dtype, copy=False)
+        b = np.zeros(o, dtype) if bias is None else bias.astype(dtype, copy=False)
+        columns = _columns_maker(x, (kh, kw), stride, padding, dilation, (ho, wo), w.dtype, False)
+        rows = cg * groups * kh * kw
+        size = max(1, POOLED_CHUNK_BYTES // (o * ho * wo * x.itemsize))
+
+        def part(lo, hi):
+            for a, e in threads.chunks(lo, hi, size):
+                res = np.matmul(w_mat, _grouped(columns(a, e), groups))  # (groups, O/groups, B*Ho*Wo)
+                relu_pool(res.reshape(o, e - a, ho, wo), b, pooled[a:e], idx[a:e])
+
+        threads.over_batch(n, part, n * o * rows * ho * wo // groups // threads.MACS_PER_ELEMENT)
+        return idx, pooled
 
     return run
 
@@ -184,8 +311,7 @@ def _make_pooled_weight_grad(scatter, weight_grad, bias_sum):
     w_shape, dtype = weight_grad.output.shape, weight_grad.output.dtype
     b_shape = None if bias_sum is None else bias_sum.output.shape
 
-    def run(gp, pooled_input, x):
-        idx = _winner_index(pooled_input, *geometry)  # the forward's, cached
+    def from_winners(gp, idx, x):
         gp, x = np.ascontiguousarray(gp), np.ascontiguousarray(x)
         n, o = gp.shape[:2]
         c, hw = x.shape[1], x.shape[2] * x.shape[3]
@@ -205,7 +331,11 @@ def _make_pooled_weight_grad(scatter, weight_grad, bias_sum):
         outs = (d_w.astype(dtype),)
         return outs if b_shape is None else outs + (d_b.astype(dtype).reshape(b_shape),)
 
-    run.source = source
+    def run(gp, pooled_input, x):
+        return from_winners(gp, _winner_index(pooled_input, *geometry), x)  # the forward's, cached
+
+    run.source = from_winners.source = source
+    run.from_winners = from_winners  # lower_conv_relu hands it the winners when the forward no longer writes y
     return run
 
 

@@ -144,6 +144,17 @@ def select_2x2(x, best, idx):
     numba_module(_SOURCE).select_2x2(x, best, idx)
 
 
+def scatter_winners_2x2(g, idx):
+    """pool_scatter for the 2x2, stride-2 tiling pool from its winners: g and idx (N, C, Ho,
+    Wo) -> (N, C, 2Ho, 2Wo), each g at its window's winning position, zeros elsewhere."""
+    scatter_2x2 = numba_module(_SOURCE).scatter_2x2
+    g = np.ascontiguousarray(g)
+    n, c, ho, wo = g.shape
+    full = np.empty((n, c, 2 * ho, 2 * wo), dtype=g.dtype)  # the kernel writes every position
+    threads.over_batch(n, lambda lo, hi: scatter_2x2(g[lo:hi], idx[lo:hi], full[lo:hi]), 2 * full.size)
+    return full
+
+
 def _winner_index(x, *geometry):
     hit = _WINNERS.get((id(x), *geometry))
     if hit is not None and hit[0]() is x:
@@ -166,11 +177,7 @@ def _scatter_np(g, x, kernel, stride, dilation, pads, out_size):
     idx = _winner_index(x, kernel, stride, dilation, pads, out_size)
     n, c, h, w = x.shape
     if _tiles_2x2(x, kernel, stride, dilation, pads, out_size) and g.dtype == x.dtype:
-        scatter_2x2 = numba_module(_SOURCE).scatter_2x2
-        g = np.ascontiguousarray(g)
-        full = np.empty(x.shape, dtype=g.dtype)  # the kernel writes every position
-        threads.over_batch(n, lambda lo, hi: scatter_2x2(g[lo:hi], idx[lo:hi], full[lo:hi]), 2 * full.size)
-        return full
+        return scatter_winners_2x2(g, idx)
     t, b, lf, r = pads
     out = np.zeros((n, c, h + t + b, w + lf + r), dtype=g.dtype)
     disjoint = all(s >= (k - 1) * d + 1 for k, s, d in zip(kernel, stride, dilation))
