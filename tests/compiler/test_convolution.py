@@ -35,6 +35,8 @@ def test_conv_relu_kernel_matches_torch_forward_and_gradients(channels, with_bia
     f = em.jit(step)
     y = f(*args)
     assert "conv2d + relu" in _labels(f) and "conv2d" not in _labels(f)
+    # the input, weight and bias gradients share each chunk's channels-first gradient
+    assert "conv_transpose2d + conv2d_weight_grad" + (" + bias sum" if with_bias else "") in _labels(f)
 
     targs = [torch.tensor(a, requires_grad=True) for a in (x, w) + ((b,) if with_bias else ())]
     ty = torch.relu(torch.nn.functional.conv2d(targs[0], targs[1], *targs[2:], padding=1))
@@ -105,10 +107,14 @@ def test_first_layer_weight_gradient_from_the_pooled_gradient_matches_torch(chan
 
 @pytest.mark.parametrize("channels, input_grad", [(1, True), (8, False)])
 def test_the_full_gradient_stays_when_more_reads_it_or_the_convolution_is_wide(channels, input_grad):
-    """An input gradient reads the scattered gradient too; 8 channels x 3x3 = 72 rows take the
-    batch-column products. Both keep pool_scatter and the weight gradient's own node."""
+    """An input gradient reads the scattered gradient too (the input and weight gradients then
+    run as one kernel that scatters each chunk itself); 8 channels x 3x3 = 72 rows take the
+    batch-column products, with pool_scatter and the weight gradient's own node."""
     f, (x, w, b), (tx, tw, tb) = _first_layer_step(channels, 3, True, input_grad, np.float32)
-    assert "pool_scatter (winners)" in _labels(f) and "conv2d_weight_grad" in _labels(f)
+    if input_grad:
+        assert "pool_scatter + conv_transpose2d + conv2d_weight_grad + bias sum" in _labels(f)
+    else:
+        assert "pool_scatter (winners)" in _labels(f) and "conv2d_weight_grad" in _labels(f)
     for got, want in ((w.grad, tw), (b.grad, tb)) + (((x.grad, tx),) if input_grad else ()):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-4)
 
@@ -145,8 +151,16 @@ def test_winners_kernel_matches_torch_forward_and_gradients(groups, padding, wit
     f = em.jit(step)
     y = f(*args)
     labels = _labels(f)
-    assert "conv2d + relu + max_pool (winners)" in labels and "pool_scatter (winners)" in labels
+    assert "conv2d + relu + max_pool (winners)" in labels
     assert "pool_select" not in labels and "pool_scatter" not in labels
+    # a "same" convolution's input and weight gradients scatter each chunk from the winners
+    # themselves; padding 0 keeps pool_scatter (from the winners) and its own gradient nodes
+    bias_sum = " + bias sum" if with_bias else ""
+    if padding == 1:
+        assert f"pool_scatter + conv_transpose2d + conv2d_weight_grad{bias_sum}" in labels
+        assert "conv_transpose2d + conv2d_weight_grad" in labels  # the second convolution's
+    else:
+        assert "pool_scatter (winners)" in labels and "conv2d_weight_grad" in labels
 
     targs = [torch.tensor(a, requires_grad=True) for a in arrays]
     ty = forward(torch.nn.functional.conv2d, torch.relu, torch.nn.functional.max_pool2d, *targs)

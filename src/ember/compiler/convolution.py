@@ -26,7 +26,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops import threads
-from ..ops.nn import PER_IMAGE_MAX_ROWS, _columns_maker, _conv2d_np, _grouped
+from ..ops.helpers import numba_module
+from ..ops.nn import _SOURCE as _NN_SOURCE
+from ..ops.nn import (
+    PER_IMAGE_MAX_ROWS,
+    _channels_first,
+    _chunk_masks,
+    _columns_maker,
+    _conv2d_np,
+    _conv_t_geometry,
+    _grouped,
+)
 from ..ops.pooling import _tiles_2x2, _winner_index, remember_winners, scatter_winners_2x2, select_2x2
 from .ir import KernelNode
 from .kernels import load_kernel_module
@@ -135,6 +145,30 @@ def relu_pool_2x2(res, bias, best, idx):
                     t3 = (v > m) | (v != v)
                     b_row[j] = v if t3 else m
                     i_row[j] = 3 if t3 else (2 if t2 else (1 if t1 else 0))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def scatter_2x2_channels_first(gp, idx, out, sums):
+    # pool_scatter of a chunk into the batch-column layout: gp, idx (B, O, Ho, Wo), NCHW;
+    # out (O, B, 2Ho, 2Wo), each gp at its window's winner, zeros elsewhere (both rows of the
+    # windows in one loop, as ops/pooling.py's scatter_2x2); sums (O,) float64: adds gp's sum
+    # per channel, the bias gradient
+    b, o, ho, wo = gp.shape
+    zero = out.dtype.type(0)
+    for ch in range(o):
+        total = 0.0
+        for a in range(b):
+            for i in range(ho):
+                g_row, i_row = gp[a, ch, i], idx[a, ch, i]
+                top, bottom = out[ch, a, 2 * i], out[ch, a, 2 * i + 1]
+                for j in range(wo):
+                    total += g_row[j]
+                for jj in range(2 * wo):
+                    j = jj >> 1
+                    v, k, odd = g_row[j], i_row[j], jj & 1
+                    top[jj] = v if k == odd else zero
+                    bottom[jj] = v if k == 2 + odd else zero
+        sums[ch] += total
 """
 
 #: images per chunk of the pooled kernel: its GEMM result, which the pool reads back, in about
@@ -374,3 +408,125 @@ def lower_pooled_weight_grad(graph):
         graph.nodes = [n for n in graph.nodes if n is not scatter and (n is kernel or n not in nodes)]
     return graph
 
+
+
+def lower_conv_backward(graph):
+    """A stride-1 "same" convolution's input and weight gradients (and its bias gradient's sum)
+    as one kernel over chunks of images: each chunk's output gradient is made channels-first
+    once, in cache, and read by both GEMMs, instead of two transposes of the full gradient;
+    when that gradient is a 2x2 pool's scatter read by nothing else, the kernel scatters each
+    chunk itself from the pooled gradient and the winners, so the full-size gradient (three
+    quarters zeros) is never written."""
+    uses = _uses(graph)
+    readers = _readers(graph)
+    producers = {v.id: n for n in graph.nodes for v in getattr(n, "outputs", [n.output])}
+    for grad_x in list(graph.nodes):
+        if getattr(grad_x.op, "name", None) != "conv_transpose2d" or hasattr(grad_x, "outputs"):
+            continue
+        g, w = grad_x.inputs
+        nodes = list({id(n): n for n in readers.get(g.id, [])}.values())
+        if uses.get(g.id) != len(readers.get(g.id, [])) or len(nodes) not in (2, 3) or g is w:
+            continue
+        weight_grads = [n for n in nodes if getattr(n.op, "name", None) == "conv2d_weight_grad"
+                        and not hasattr(n, "outputs") and n.inputs[0] is g and n.inputs[1] is not g]
+        sums = [n for n in nodes if not hasattr(n, "outputs") and _is_bias_sum(n, g)]
+        if len(weight_grads) != 1 or len(sums) + 2 != len(nodes) or not _same_backward(grad_x, weight_grads[0]):
+            continue
+        weight_grad, bias_sum = weight_grads[0], (sums[0] if sums else None)
+        x = weight_grad.inputs[1]
+        scatter = producers.get(g.id)
+        if getattr(scatter, "label", None) != "pool_scatter (winners)":
+            scatter = None
+        inputs = (list(scatter.inputs) if scatter is not None else [g]) + [w, x]
+        first = min(graph.nodes.index(n) for n in nodes)
+        if x.kind == "node" and x.node in graph.nodes and graph.nodes.index(x.node) > first:
+            continue
+        outputs = [grad_x.output, weight_grad.output] + ([] if bias_sum is None else [bias_sum.output])
+        label = ("pool_scatter + " if scatter is not None else "") + "conv_transpose2d + conv2d_weight_grad" + \
+            ("" if bias_sum is None else " + bias sum")
+        kernel = KernelNode(label, inputs, outputs, _make_conv_backward(grad_x.attrs, scatter is not None,
+                                                                        bias_sum is not None,
+                                                                        None if bias_sum is None else
+                                                                        bias_sum.output.shape))
+        graph.nodes[first] = kernel
+        graph.nodes = [n for n in graph.nodes if n is kernel or (n not in nodes and n is not scatter)]
+        readers = _readers(graph)
+        uses = _uses(graph)
+    return graph
+
+
+def _same_backward(grad_x, weight_grad):
+    """Whether conv_transpose2d(g, w) and conv2d_weight_grad(g, x) are the input and weight
+    gradients of one stride-1 convolution whose output is its input's size, float, one dtype."""
+    a, b = grad_x.attrs, weight_grad.attrs
+    g, w = grad_x.inputs
+    x = weight_grad.inputs[1]
+    if len(g.shape) != 4 or len(w.shape) != 4 or len(x.shape) != 4 or not (g.dtype == w.dtype == x.dtype) \
+            or g.dtype not in (np.float32, np.float64):
+        return False
+    if a["stride"] != (1, 1) or b["stride"] != (1, 1) or a["padding"] != b["padding"] or a["groups"] != b["groups"] \
+            or a["dilation"] != b["dilation"] or tuple(b["kernel"]) != tuple(w.shape[2:]):
+        return False
+    h, wd = g.shape[2:]
+    return (_conv_t_geometry(h, wd, w.shape[2:], (1, 1), a["padding"], a["output_padding"], a["dilation"]) == (h, wd)
+            and tuple(x.shape[2:]) == (h, wd) and tuple(grad_x.output.shape) == tuple(x.shape)
+            and x.shape[0] == g.shape[0] and w.shape[0] == g.shape[1])
+
+
+def _make_conv_backward(attrs, scattered, with_bias, bias_shape):
+    """The kernel: (g or gp, idx), w, x -> input gradient, weight gradient[, bias gradient]; per
+    chunk of images, the input gradient's GEMM and col2im as ops/nn.py's _conv_t_same_size,
+    the weight gradient's as its _weight_grad_np, on one channels-first copy of the chunk's g."""
+    padding, dilation, groups = attrs["padding"], attrs["dilation"], attrs["groups"]
+    add_shifted_planes = numba_module(_NN_SOURCE).add_shifted_planes
+    scatter = load_kernel_module(_POOL_SOURCE).scatter_2x2_channels_first if scattered else None
+
+    def run(*arrays):
+        if scattered:
+            gp, idx, w, x = arrays
+            gp = np.ascontiguousarray(gp)
+            n, o, h, wd = gp.shape[0], gp.shape[1], 2 * gp.shape[2], 2 * gp.shape[3]
+        else:
+            g, w, x = arrays
+            n, o, h, wd = g.shape
+        cin, cg, kh, kw = w.shape  # conv_transpose2d's weight: (C_in of g = O, C_out/groups, kh, kw)
+        c = cg * groups
+        rows = c * kh * kw
+        dtype = x.dtype
+        w_t = w.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)
+        keep_for = _chunk_masks(h, wd, (kh, kw), padding, dilation)
+        columns = _columns_maker(x, (kh, kw), (1, 1), padding, dilation, (h, wd), dtype, False)
+        grad_x = np.empty((n, c, h, wd), dtype)
+
+        def part(lo, hi):
+            total_t = np.zeros((groups, rows // groups, o // groups), dtype)
+            sums = np.zeros(o)
+            for a, b in threads.chunks(lo, hi, threads.chunk_size(rows * h * wd * x.itemsize)):
+                if scattered:
+                    g_cf = np.empty((o, b - a, h, wd), dtype)
+                    scatter(gp[a:b], idx[a:b], g_cf, sums)
+                    g_cf = g_cf.reshape(o, (b - a) * h * wd)
+                else:
+                    g_cf = _channels_first(g[a:b])
+                    if with_bias:
+                        sums += g_cf.sum(1, dtype=np.float64)
+                g_groups = _grouped(g_cf, groups)
+                cols = np.matmul(w_t, g_groups)  # (groups, C/groups*kh*kw, B*H*W)
+                out_cf = np.empty((c, (b - a) * h * wd), dtype)
+                add_shifted_planes(cols.reshape(c, kh, kw, (b - a) * h * wd), keep_for(b - a), padding[0],
+                                   padding[1], dilation[0], dilation[1], wd, out_cf)
+                grad_x[a:b] = out_cf.reshape(c, b - a, h, wd).transpose(1, 0, 2, 3)
+                total_t += np.matmul(_grouped(columns(a, b), groups), g_groups.transpose(0, 2, 1))
+            return total_t, sums
+
+        partials = threads.over_batch(n, part, 2 * n * o * rows * h * wd // groups // threads.MACS_PER_ELEMENT)
+        total_t, sums = partials[0]
+        for more_t, more_s in partials[1:]:  # in range order, so the sum does not depend on thread timing
+            total_t += more_t
+            sums += more_s
+        grad_w = np.ascontiguousarray(total_t.transpose(0, 2, 1)).reshape(o, cg, kh, kw)
+        if not with_bias:
+            return grad_x, grad_w
+        return grad_x, grad_w, sums.astype(dtype).reshape(bias_shape)
+
+    return run

@@ -314,7 +314,7 @@ def optimize(graph, debug=False, fuse=True):
     """Run the pass pipeline (and elementwise fusion into numba kernels when ``fuse``)."""
     pipeline = list(PIPELINE)
     if fuse:
-        from .convolution import lower_conv_relu, lower_pooled_weight_grad
+        from .convolution import lower_conv_backward, lower_conv_relu, lower_pooled_weight_grad
         from .fusion import fuse_elementwise
         from .matvec import lower_matvec
         from .rowwise import lower_rowwise
@@ -322,6 +322,7 @@ def optimize(graph, debug=False, fuse=True):
 
         pipeline += [("tables", lower_table_products), ("cse", cse), ("dce", dce),
                      ("pooled_weight_grad", lower_pooled_weight_grad), ("conv_relu", lower_conv_relu),
+                     ("conv_backward", lower_conv_backward),
                      ("fuse", fuse_elementwise), ("matvec", lower_matvec), ("rowwise", lower_rowwise),
                      ("dce", dce)]
     for name, p in pipeline:
