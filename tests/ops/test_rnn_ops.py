@@ -158,10 +158,13 @@ def team_recurrence(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_threads_sharing_each_step_give_the_one_thread_results(team_recurrence, monkeypatch, dtype, reverse):
-    # 7 hidden units: the two threads' shares (3 and 4 units) differ, and rows end mid-vector
+@pytest.mark.parametrize("split", ["units", "sequences"])
+def test_threads_sharing_each_step_give_the_one_thread_results(team_recurrence, monkeypatch, dtype, reverse, split):
+    # 7 hidden units: the two threads' shares (3 and 4 units) differ, and rows end mid-vector;
+    # or 5 sequences, split 2 and 3, each thread with every unit and its own bias gradient
     from ember.ops import rnn
 
+    monkeypatch.setattr(rnn, "ROWS_PER_WORKER", 1 if split == "sequences" else 1 << 30)
     rng = np.random.default_rng(4)
     xp, h0, c0, w, b = _inputs(rng, length=6, n=5, hs=7, dtype=dtype)
     g = rng.standard_normal((6, 5, 6, 7)).astype(dtype)
@@ -182,7 +185,11 @@ def test_threads_sharing_each_step_give_the_one_thread_results(team_recurrence, 
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_threads_sharing_each_step_match_torch(team_recurrence, reverse):
+@pytest.mark.parametrize("split", ["units", "sequences"])
+def test_threads_sharing_each_step_match_torch(team_recurrence, monkeypatch, reverse, split):
+    from ember.ops import rnn
+
+    monkeypatch.setattr(rnn, "ROWS_PER_WORKER", 1 if split == "sequences" else 1 << 30)
     test_matches_torch_lstm_step_by_step(reverse)
     assert len(team_recurrence) == 2 and all(k >= 2 for k in team_recurrence)  # forward and backward
 

@@ -11,14 +11,15 @@ elementwise passes per step as separate NumPy calls. Here the whole recurrence i
 The per-step products are computed transposed because OpenBLAS runs a skinny (4H x H) x
 (H x N) product much faster than the (N x H) x (H x 4H) one with the same operands.
 
-With several workers (ops/threads.py) and a step large enough, the threads share every step
-by hidden units: each runs the one-thread GEMM for its units' four gate rows and their cell,
-then all wait for each other (compiler/native.py: BLAS called and the wait spun inside numba,
-so no thread needs the GIL between steps). OpenBLAS's one-thread product over half the rows
-takes about as long as its two-thread product over all of them (45 vs 48 us for the
-workload's 32 x 256 x 1024), so the cell's time is what the split saves: the workload's
-forward recurrence went 8.6 -> 7.0 ms and its backward 14.2 -> 12.7 ms (alternated in one
-process, a slow phase of this VM).
+With several workers (ops/threads.py) and a step large enough, the threads share the
+recurrence inside numba (compiler/native.py: BLAS called, and any wait spun, with no GIL
+between steps). With at least ROWS_PER_WORKER sequences each, they split the batch: each
+runs the whole recurrence, one-thread GEMMs and cells, for its own sequences and never
+waits (the sequences are independent). With fewer, they share every step by hidden units:
+each runs the GEMM for its units' four gate rows and their cell, then all wait for each
+other. For the workload's 32 sequences the batch split ran the lstm step 1.03-1.07x as fast
+as the unit split (alternated in one process; the unit split's cells ran at about the
+one-thread speed, the GEMMs took as long as either way).
 
 Inputs: ``xp`` (L, N, 4H), the input projection (computed by the layer with one matmul),
 ``h0`` and ``c0`` (N, H), ``w_hh`` (4H, H) and optionally ``bias`` (4H,), both biases summed,
@@ -43,7 +44,7 @@ from . import threads
 from .helpers import numba_module
 from .registry import Meta, apply, primitive
 
-_SOURCE = """# ember LSTM cell kernels (format 7)
+_SOURCE = """# ember LSTM cell kernels (format 8)
 import numba
 
 from ember.compiler.fastmath import fast_sigmoid, fast_tanh
@@ -124,11 +125,15 @@ def cell_backward(g_h, g_rest, out, c_prev, dh_next, dc_next, dgates, d_bias, ta
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def forward_part(gemm, int64_api, counters, parts, j0, j1, w_part, xp, bias, h0, c0, out, hw, pre, reverse):
-    # one thread's share of the whole forward recurrence: units j0:j1 of every step; w_part:
-    # (4m, H), those units' rows of w_hh, gate by gate. After each step every part waits for
-    # the others: the next step's product needs all of h
-    length, n = xp.shape[0], xp.shape[1]
+def forward_part(gemm, int64_api, counters, parts, a0, a1, j0, j1, w_part, xp, bias, h0, c0, out, hw, pre, reverse):
+    # one thread's share of the whole forward recurrence: sequences a0:a1 and units j0:j1 of
+    # every step; w_part: (4m, H), those units' rows of w_hh, gate by gate. Sharing units, the
+    # parts wait for each other after each step (the next step's product needs all of h);
+    # sharing sequences (every unit, parts = 1), never. The rows are sliced here, from the
+    # whole C-contiguous arrays: views sliced before the call are typed non-contiguous, and
+    # the cell's loops over them ran 3x slower
+    length = xp.shape[0]
+    n = a1 - a0
     hs = h0.shape[1]
     item = out.itemsize
     for k in range(length):
@@ -136,35 +141,38 @@ def forward_part(gemm, int64_api, counters, parts, j0, j1, w_part, xp, bias, h0,
         prev = t + 1 if reverse else t - 1
         if k == 0:
             blas_gemm(gemm, int64_api, CBLAS_NO_TRANS, CBLAS_TRANS, w_part.shape[0], n, hs, w_part, hs,
-                      h0, h0.strides[0] // item, hw, n)
-            cell_forward(hw, xp[t], bias, c0, out[t], pre, j0, j1)
+                      h0[a0:a1], h0.strides[0] // item, hw, n)
+            cell_forward(hw, xp[t, a0:a1], bias, c0[a0:a1], out[t, a0:a1], pre, j0, j1)
         else:
             blas_gemm(gemm, int64_api, CBLAS_NO_TRANS, CBLAS_TRANS, w_part.shape[0], n, hs, w_part, hs,
-                      out[prev, :, 0], out.strides[1] // item, hw, n)
-            cell_forward(hw, xp[t], bias, out[prev, :, 1], out[t], pre, j0, j1)
+                      out[prev, a0:a1, 0], out.strides[1] // item, hw, n)
+            cell_forward(hw, xp[t, a0:a1], bias, out[prev, a0:a1, 1], out[t, a0:a1], pre, j0, j1)
         if not spin_barrier(counters, parts * (k + 1)):
             return
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def backward_part(gemm, int64_api, counters, parts, j0, j1, w_t, g_h, g_rest, out, c0, dgates, d_bias, dh, dc,
-                  dh_t, tanh_c, dc_now, reverse):
-    # one thread's share of the backward recurrence: units j0:j1. Each step's product for
-    # these units' rows of dh reads every unit's gate gradients: the parts wait before it
-    length, n = out.shape[0], out.shape[1]
+def backward_part(gemm, int64_api, counters, parts, a0, a1, j0, j1, w_t, g_h, g_rest, out, c0, dgates, d_bias, dh,
+                  dc, dh_t, tanh_c, dc_now, reverse):
+    # one thread's share of the backward recurrence: sequences a0:a1, units j0:j1. Sharing
+    # units, each step's product for these units' rows of dh reads every unit's gate
+    # gradients: the parts wait before it; sharing sequences (parts = 1), never
+    length = out.shape[0]
+    n = a1 - a0
     hs = out.shape[3]
     m = j1 - j0
     for k in range(length - 1, -1, -1):
         t = length - 1 - k if reverse else k
-        c_prev = c0 if k == 0 else out[t + 1 if reverse else t - 1, :, 1]
-        cell_backward(g_h[t], g_rest[t], out[t], c_prev, dh, dc, dgates[t], d_bias, tanh_c, dc_now, j0, j1)
+        c_prev = c0[a0:a1] if k == 0 else out[t + 1 if reverse else t - 1, a0:a1, 1]
+        cell_backward(g_h[t, a0:a1], g_rest[t, a0:a1], out[t, a0:a1], c_prev, dh[a0:a1], dc[a0:a1],
+                      dgates[t, a0:a1], d_bias, tanh_c, dc_now, j0, j1)
         if not spin_barrier(counters, parts * (length - k)):
             return
         blas_gemm(gemm, int64_api, CBLAS_NO_TRANS, CBLAS_TRANS, m, n, 4 * hs, w_t[j0:j1], 4 * hs,
-                  dgates[t], 4 * hs, dh_t, n)
+                  dgates[t, a0:a1], 4 * hs, dh_t, n)
         for a in range(n):
             for j in range(m):
-                dh[a, j0 + j] = dh_t[j, a]
+                dh[a0 + a, j0 + j] = dh_t[j, a]
 """
 
 #: a step below this much work (GEMM multiply-adds / MACS_PER_ELEMENT + the cell's elements)
@@ -182,6 +190,16 @@ def _team_gemm(n, hs, dtype):
     if hs < 2 or work < _TEAM_MIN_STEP_WORK or threads.workers() < 2:
         return None
     return threads.gemm_address(dtype)
+
+
+#: with at least this many sequences per worker the threads split the batch, each running
+#: the whole recurrence for its own sequences with no waits; fewer, and they split every step
+#: by hidden units (waiting for each other after each one)
+ROWS_PER_WORKER = 4
+
+
+def _by_rows(n, count):
+    return n >= ROWS_PER_WORKER * count
 
 
 def _unit_range(index, count, hs):
@@ -213,11 +231,16 @@ def _sequence_np(xp, h0, c0, w_hh, bias=None, *, reverse):
     if gemm is not None:
         counters = np.zeros(2, dtype=np.int64)
         w_gates = w_hh.reshape(4, hs, hs)
+        w_all = np.ascontiguousarray(w_hh, dtype=dtype)
 
         def part_args(index, count):
+            if _by_rows(n, count):  # its own sequences, every unit: no waits
+                a0, a1 = _unit_range(index, count, n)
+                return (*gemm, np.zeros(2, dtype=np.int64), 1, a0, a1, 0, hs, w_all, xp, bias, h0, c0, out,
+                        np.empty((4 * hs, a1 - a0), dtype=dtype), np.empty(4 * hs, dtype=dtype), reverse)
             j0, j1 = _unit_range(index, count, hs)
             w_part = np.ascontiguousarray(w_gates[:, j0:j1].reshape(-1, hs), dtype=dtype)
-            return (*gemm, counters, count, j0, j1, w_part, xp, bias, h0, c0, out,
+            return (*gemm, counters, count, 0, n, j0, j1, w_part, xp, bias, h0, c0, out,
                     np.empty((4 * (j1 - j0), n), dtype=dtype), np.empty(4 * (j1 - j0), dtype=dtype), reverse)
 
         if _in_team(kernels.forward_part, counters, part_args):
@@ -255,14 +278,26 @@ def _grad_np(g_out, out, h0, c0, w_hh, *, reverse):
     gemm = _team_gemm(n, hs, dtype)
     counters = np.zeros(2, dtype=np.int64)
 
+    row_biases = []  # by rows: each part's own bias gradient, summed in order below
+
     def part_args(index, count):
+        if _by_rows(n, count):
+            a0, a1 = _unit_range(index, count, n)
+            part_bias = np.zeros(4 * hs)
+            row_biases.append((index, part_bias))
+            return (*gemm, np.zeros(2, dtype=np.int64), 1, a0, a1, 0, hs, w_t, g_h, g_rest, out, c0, dgates,
+                    part_bias, dh, dc, np.empty((hs, a1 - a0), dtype=dtype), np.empty(hs, dtype=dtype),
+                    np.empty(hs, dtype=dtype), reverse)
         j0, j1 = _unit_range(index, count, hs)
         m = j1 - j0
-        return (*gemm, counters, count, j0, j1, w_t, g_h, g_rest, out, c0, dgates, d_bias, dh, dc,
+        return (*gemm, counters, count, 0, n, j0, j1, w_t, g_h, g_rest, out, c0, dgates, d_bias, dh, dc,
                 np.empty((m, n), dtype=dtype), np.empty(m, dtype=dtype), np.empty(m, dtype=dtype), reverse)
 
     steps = list(_order(length, reverse))
-    if gemm is None or not _in_team(kernels.backward_part, counters, part_args):
+    if gemm is not None and _in_team(kernels.backward_part, counters, part_args):
+        for _, part_bias in sorted(row_biases, key=lambda pair: pair[0]):  # in order: not timing-dependent
+            d_bias += part_bias
+    else:
         # the product transposed, w_hh.T @ dgates.T, as in the forward (~1.2x faster), then
         # copied back (32 KB: cheaper than the cell reading its columns)
         dh_t = np.empty((hs, n), dtype=dtype)
