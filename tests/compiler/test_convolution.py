@@ -247,3 +247,26 @@ def test_winners_equal_the_eager_pools_winners(special):
     assert (special == "none") == bool(np.isfinite(pooled).all())
     if special == "none":
         assert (pooled[:, 2] == 0).all() and (idx[:, 2] == 0).all()  # ties: the first position
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_backward_of_a_dilated_same_convolution_matches_torch(dtype):
+    """Dilation 2 with padding 2 keeps the output the input's size: one backward kernel."""
+    rng = np.random.default_rng(9)
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in ((3, 4, 9, 8), (5, 4, 3, 3), (5,)))
+    up = rng.standard_normal((3, 5, 9, 8)).astype(dtype)
+
+    def step(x, w, b):
+        y = F.conv2d(x, w, b, padding=2, dilation=2)
+        (y * em.tensor(up)).sum().backward()
+        return y
+
+    args = [em.tensor(a, requires_grad=True) for a in (x, w, b)]
+    f = em.jit(step)
+    f(*args)
+    assert "conv_transpose2d + conv2d_weight_grad + bias sum" in _labels(f)
+    targs = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
+    (torch.nn.functional.conv2d(*targs, padding=2, dilation=2) * torch.tensor(up)).sum().backward()
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, t in zip(args, targs):
+        np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy(), rtol=tol * 10, atol=tol * 100)
