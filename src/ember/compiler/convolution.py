@@ -46,6 +46,7 @@ from ..ops.nn import (
     _conv2d_np,
     _conv_t_geometry,
     _grouped,
+    same_size_chunk,
 )
 from ..ops.pooling import _tiles_2x2, _winner_index, remember_winners, scatter_winners_2x2, select_2x2
 from .ir import KernelNode
@@ -409,10 +410,7 @@ def lower_pooled_weight_grad(graph):
     """Replace pool_scatter(gp, x) read only by a small "same" convolution's weight gradient
     (and a bias gradient's sum over N, H, W) by one kernel node from gp (module docstring)."""
     uses = _uses(graph)
-    readers = {}
-    for node in graph.nodes:
-        for v in node.inputs:
-            readers.setdefault(v.id, []).append(node)
+    readers = _readers(graph)
     for scatter in list(graph.nodes):
         if getattr(scatter.op, "name", None) != "pool_scatter" or hasattr(scatter, "outputs"):
             continue
@@ -439,7 +437,6 @@ def lower_pooled_weight_grad(graph):
         graph.nodes[first] = kernel
         graph.nodes = [n for n in graph.nodes if n is not scatter and (n is kernel or n not in nodes)]
     return graph
-
 
 
 def lower_conv_backward(graph):
@@ -507,8 +504,9 @@ def _same_backward(grad_x, weight_grad):
 
 def _make_conv_backward(attrs, scattered, with_bias, bias_shape):
     """The kernel: (g or gp, idx), w, x -> input gradient, weight gradient[, bias gradient]; per
-    chunk of images, the input gradient's GEMM and col2im as ops/nn.py's _conv_t_same_size,
-    the weight gradient's as its _weight_grad_np, on one channels-first copy of the chunk's g."""
+    chunk of images, the input gradient by ops/nn.py's same_size_chunk (_conv_t_same_size's
+    chunk), the weight gradient's product as _weight_grad_np's, on one channels-first copy of
+    the chunk's g."""
     padding, dilation, groups = attrs["padding"], attrs["dilation"], attrs["groups"]
     add_shifted_planes = numba_module(_NN_SOURCE).add_shifted_planes
     scatter = load_kernel_module(_POOL_SOURCE).scatter_2x2_channels_first if scattered else None
@@ -521,7 +519,7 @@ def _make_conv_backward(attrs, scattered, with_bias, bias_shape):
         else:
             g, w, x = arrays
             n, o, h, wd = g.shape
-        cin, cg, kh, kw = w.shape  # conv_transpose2d's weight: (C_in of g = O, C_out/groups, kh, kw)
+        _, cg, kh, kw = w.shape  # conv_transpose2d's weight: (C_in of g = O, C_out/groups, kh, kw)
         c = cg * groups
         rows = c * kh * kw
         dtype = x.dtype
@@ -543,11 +541,8 @@ def _make_conv_backward(attrs, scattered, with_bias, bias_shape):
                     if with_bias:
                         sums += g_cf.sum(1, dtype=np.float64)
                 g_groups = _grouped(g_cf, groups)
-                cols = np.matmul(w_t, g_groups)  # (groups, C/groups*kh*kw, B*H*W)
-                out_cf = np.empty((c, (b - a) * h * wd), dtype)
-                add_shifted_planes(cols.reshape(c, kh, kw, (b - a) * h * wd), keep_for(b - a), padding[0],
-                                   padding[1], dilation[0], dilation[1], wd, out_cf)
-                grad_x[a:b] = out_cf.reshape(c, b - a, h, wd).transpose(1, 0, 2, 3)
+                same_size_chunk(w_t, g_groups, grad_x[a:b], (kh, kw), keep_for(b - a), padding, dilation,
+                                add_shifted_planes)
                 total_t += np.matmul(_grouped(columns(a, b), groups), g_groups.transpose(0, 2, 1))
             return total_t, sums
 

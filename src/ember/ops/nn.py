@@ -550,15 +550,24 @@ def _conv_t_same_size(x, w, padding, groups, dilation):
 
     def part(lo, hi):
         for a, b in threads.chunks(lo, hi, threads.chunk_size(cout * kh * kw * h * wd * x.itemsize)):
-            keep = keep_for(b - a)
-            cols = np.matmul(w_t, _grouped(_channels_first(x[a:b]), groups))  # (groups, Cout/groups*kk, B*H*W)
-            out_cf = np.empty((cout, (b - a) * h * wd), dtype=x.dtype)
-            add_shifted_planes(cols.reshape(cout, kh, kw, (b - a) * h * wd), keep, padding[0], padding[1],
-                               dilation[0], dilation[1], wd, out_cf)
-            out[a:b] = out_cf.reshape(cout, b - a, h, wd).transpose(1, 0, 2, 3)  # in cache: a chunk
+            same_size_chunk(w_t, _grouped(_channels_first(x[a:b]), groups), out[a:b], (kh, kw), keep_for(b - a),
+                            padding, dilation, add_shifted_planes)
 
     threads.over_batch(n, part, n * cin * cog * kh * kw * h * wd // threads.MACS_PER_ELEMENT)
     return out
+
+
+def same_size_chunk(w_t, g_groups, out, kernel, keep, padding, dilation, add_shifted_planes):
+    """One chunk of _conv_t_same_size, also run by the compiler's fused convolution backward:
+    out (B, C_out, H, W) from the chunk's input channels-first, g_groups (groups, C_in/groups,
+    B*H*W), by one GEMM to columns and the numba col2im into a channels-first buffer."""
+    b, cout, h, wd = out.shape
+    kh, kw = kernel
+    cols = np.matmul(w_t, g_groups)  # (groups, Cout/groups*kh*kw, B*H*W)
+    out_cf = np.empty((cout, b * h * wd), dtype=out.dtype)
+    add_shifted_planes(cols.reshape(cout, kh, kw, b * h * wd), keep, padding[0], padding[1], dilation[0], dilation[1],
+                       wd, out_cf)
+    out[...] = out_cf.reshape(cout, b, h, wd).transpose(1, 0, 2, 3)  # in cache: a chunk
 
 
 def _conv_t_infer(x, w, stride, padding, output_padding, groups, dilation):
